@@ -1,0 +1,463 @@
+"""Functional ops on NDArrays: batch normalization and the thin layers of a LeNet/MLP.
+
+Every function here is a plain function of its arguments.  Nothing reads a global
+training mode: ``is_training`` is an explicit argument.  The only arguments a
+function may change are the ones its docstring calls *state* (``moving_mean`` and
+``moving_vari`` of :func:`batch_norm`).
+"""
+import atexit
+import numbers
+
+import numpy as np
+from mxnet import autograd, nd
+
+# MXNet registers its engine shutdown with atexit when it is imported; handlers
+# run last-in first-out, so this one runs just before it.  Without draining the
+# engine first, a process whose last graph went through an autograd.Function
+# (the "scratch" batch_norm) can hang forever in MXNotifyShutdown's WaitForAll.
+atexit.register(nd.waitall)
+
+__all__ = [
+    "batch_norm", "conv2d", "max_pool2d", "avg_pool2d", "dense", "flatten",
+    "relu", "sigmoid", "tanh", "dropout", "softmax_cross_entropy", "accuracy",
+    "correct_count", "BATCH_NORM_IMPLS",
+]
+
+BATCH_NORM_IMPLS = ("fused", "scratch")
+
+# Parameter/statistics dtype for each input dtype: float16 activations keep
+# float32 statistics (as MXNet and cuDNN do) because a float16 sum over a
+# 128x24x24 channel overflows and loses every digit of the variance.
+_STAT_DTYPE = {"float16": "float32", "float32": "float32", "float64": "float64"}
+
+
+# --------------------------------------------------------------------------- #
+# batch normalization
+# --------------------------------------------------------------------------- #
+def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
+               momentum=0.9, eps=1e-5, axis=1, impl="fused"):
+    r"""Batch normalization (Ioffe & Szegedy, 2015) over every axis except ``axis``.
+
+    ``Y = gamma * (X - mean) / sqrt(var + eps) + beta``, per channel.
+
+    Parameters
+    ----------
+    X : NDArray, float16/float32/float64, rank >= 2
+        Activations.  The channel axis is ``axis``; statistics are taken over all
+        other axes, so ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``, ``(N, C, D, H, W)``
+        and channels-last ``(N, H, W, C)`` with ``axis=-1`` all work.
+    gamma, beta : NDArray, shape ``(C,)``
+        Scale and shift.  Initialise to 1 and 0 (:func:`mxbn.init.batch_norm_params`).
+    is_training : bool
+        True: normalise with the batch statistics and update the moving statistics.
+        False: normalise with the moving statistics, which are left untouched; the
+        output for a sample then does not depend on the rest of the batch.
+    moving_mean, moving_vari : NDArray, shape ``(C,)``  -- *state, updated in place*
+        Running estimates used at inference.  Initialise to 0 and 1.  In training
+        they are updated once per call, in the forward pass, outside autograd::
+
+            moving = momentum * moving + (1 - momentum) * batch_stat
+
+        This is MXNet's (and Keras') convention: ``momentum=0.9`` keeps 90 % of the
+        old value.  PyTorch's ``momentum=0.1`` means the opposite (the weight of the
+        *new* value); convert with ``momentum_mxbn = 1 - momentum_torch``.
+        ``batch_stat`` for the variance is the **biased** batch variance (divide by
+        the number of values per channel, m), the same numbers ``mx.nd.BatchNorm``
+        leaves in its aux states on the CPU.  (PyTorch and MXNet's cuDNN path store
+        the unbiased ``m/(m-1) * var``.)  The update is never recorded by autograd
+        and does not change any gradient.
+    momentum : float in [0, 1], default 0.9
+    eps : float > 0, default 1e-5
+        Added to the variance before the square root.  Note ``mx.nd.BatchNorm``'s
+        own default is 1e-3.
+    axis : int, default 1
+        The channel axis; negative values count from the end.
+    impl : {"fused", "scratch"}, default "fused"
+        How the training-mode arithmetic is done; both give the same numbers.
+        "fused" runs MXNet's fused BatchNorm kernel for the arithmetic (fed
+        scratch aux arrays, so the kernel never touches ``moving_*``) and keeps
+        mxbn's semantics around it.  "scratch" is built from primitives: the
+        statistics as contiguous GEMV reductions, one folded per-channel scale
+        and shift, and the analytic backward
+        ``dX = gamma/sigma * (dY - mean(dY) - x_hat * mean(dY * x_hat))``.
+
+    Returns
+    -------
+    Y : NDArray, same shape and dtype as ``X``.
+
+    Notes
+    -----
+    Statistics are computed in float32 for float16 input (``gamma``, ``beta`` and
+    the moving statistics must then be float32) and in the input dtype otherwise.
+    The variance is a two-pass ``mean((X - mean)^2)``, stable for data with a
+    large mean.
+
+    A training batch with a single value per channel (e.g. ``(1, C)`` or
+    ``(1, C, 1, 1)``) has no variance: MXNet silently outputs ``beta``, cuDNN
+    gives NaN, PyTorch raises.  mxbn raises ``ValueError`` and leaves the moving
+    statistics untouched; drop such a batch or use ``is_training=False``.
+
+    Raises
+    ------
+    TypeError
+        An argument is not an NDArray, or has an unsupported dtype.
+    ValueError
+        Wrong rank, shapes that do not match ``(C,)``, arrays on different
+        contexts, ``momentum`` outside [0, 1], ``eps <= 0``, unknown ``impl``,
+        or a training batch with one value per channel.
+    """
+    ax = _check_batch_norm_args(X, gamma, beta, is_training, moving_mean,
+                                moving_vari, momentum, eps, axis, impl)
+    in_dtype = X.dtype
+    stat_dtype = _STAT_DTYPE[_dtype_name(in_dtype)]
+    if _dtype_name(in_dtype) != stat_dtype:
+        X = X.astype(stat_dtype)  # differentiable cast, so gradients flow to float16 X
+    if not is_training:
+        Y = _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax)
+    elif impl == "fused":
+        Y, mean, vari = _batch_norm_train_fused(X, gamma, beta, eps, ax)
+        _update_moving_stats(moving_mean, moving_vari, mean, vari, momentum)
+    else:
+        Y, mean, vari = _batch_norm_train_scratch(X, gamma, beta, eps, ax)
+        _update_moving_stats(moving_mean, moving_vari, mean, vari, momentum)
+    return Y if Y.dtype == in_dtype else Y.astype(in_dtype)
+
+
+def _dtype_name(dtype):
+    return np.dtype(dtype).name
+
+
+def _check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
+                           momentum, eps, axis, impl):
+    """Validate batch_norm's arguments; return the non-negative channel axis."""
+    arrays = {"X": X, "gamma": gamma, "beta": beta,
+              "moving_mean": moving_mean, "moving_vari": moving_vari}
+    for name, value in arrays.items():
+        if not isinstance(value, nd.NDArray):
+            raise TypeError(f"batch_norm: {name} must be an mxnet NDArray, got {type(value).__name__}")
+        if isinstance(value, nd.sparse.BaseSparseNDArray):
+            raise TypeError(f"batch_norm: {name} must be a dense NDArray, got storage type {value.stype!r}")
+    if not isinstance(is_training, (bool,)) and not (
+            isinstance(is_training, numbers.Integral) and is_training in (0, 1)):
+        raise TypeError(f"batch_norm: is_training must be a bool, got {is_training!r}")
+    if impl not in BATCH_NORM_IMPLS:
+        raise ValueError(f"batch_norm: impl must be one of {BATCH_NORM_IMPLS}, got {impl!r}")
+    if X.ndim < 2:
+        raise ValueError(f"batch_norm: X must have rank >= 2 (batch and channel axes), "
+                         f"got shape {X.shape}")
+    if not isinstance(axis, numbers.Integral) or not -X.ndim <= axis < X.ndim:
+        raise ValueError(f"batch_norm: axis must be an integer in [{-X.ndim}, {X.ndim - 1}] "
+                         f"for X of shape {X.shape}, got {axis!r}")
+    ax = int(axis) % X.ndim
+    if ax == 0:
+        # Axis 0 is the batch axis in every layout this op serves; normalising
+        # "over the batch of one channel" is almost always a transposed input.
+        raise ValueError(f"batch_norm: axis must not be 0 (the batch axis); X has shape {X.shape}")
+    x_dtype = _dtype_name(X.dtype)
+    if x_dtype not in _STAT_DTYPE:
+        raise TypeError(f"batch_norm: X has dtype {x_dtype}, expected float16, float32 or float64")
+    stat_dtype = _STAT_DTYPE[x_dtype]
+    C = X.shape[ax]
+    for name in ("gamma", "beta", "moving_mean", "moving_vari"):
+        value = arrays[name]
+        if value.shape != (C,):
+            raise ValueError(f"batch_norm: {name} has shape {value.shape}, expected ({C},) "
+                             f"= channels of X on axis {ax} (X has shape {X.shape})")
+        if _dtype_name(value.dtype) != stat_dtype:
+            raise TypeError(f"batch_norm: {name} has dtype {_dtype_name(value.dtype)}, expected "
+                            f"{stat_dtype} for X of dtype {x_dtype}")
+    for name, value in arrays.items():
+        if value.context != X.context:
+            raise ValueError(f"batch_norm: {name} is on {value.context} but X is on {X.context}; "
+                             f"move every array to one context (e.g. .as_in_context({X.context}))")
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"batch_norm: momentum must be a number in [0, 1] (weight of the old "
+                         f"moving value), got {momentum!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+        raise ValueError(f"batch_norm: eps must be a number > 0, got {eps!r}")
+    if is_training and X.size // C < 2:
+        raise ValueError(
+            f"batch_norm: a training batch needs at least 2 values per channel to have a "
+            f"variance; X of shape {X.shape} has 1 per channel. Drop this batch, use a larger "
+            f"one, or call with is_training=False (moving statistics were not updated)")
+    return ax
+
+
+def _three_d_shape(shape, ax):
+    """(pre, C, post): a view of X with the channel axis in the middle.
+
+    Reductions over pre and post of a C-contiguous array are then two GEMVs
+    with a ones vector, each reading memory in order.  MXNet 1.9.1's generic
+    reduction over axes (0, 2, 3) is several times slower on the CPU.
+    """
+    pre = 1
+    for n in shape[:ax]:
+        pre *= n
+    post = 1
+    for n in shape[ax + 1:]:
+        post *= n
+    return pre, shape[ax], post
+
+
+def _per_channel_sum(X3, ones_pre, ones_post):
+    """Sum of a (pre, C, post) array over pre and post -> shape (1, C)."""
+    pre, C, post = X3.shape
+    if post > 1:
+        rows = nd.dot(X3.reshape((pre * C, post)), ones_post)  # (pre*C, 1)
+        return nd.dot(ones_pre, rows.reshape((pre, C)))        # (1, C)
+    return nd.dot(ones_pre, X3.reshape((pre, C)))
+
+
+class _ScratchBatchNorm(autograd.Function):
+    """Training-mode BN from primitives with the analytic backward.
+
+    forward:  mean = sum(X)/m,  xc = X - mean,  var = sum(xc^2)/m   (two passes)
+              Y = xc * (gamma * invstd) + beta,  invstd = 1/sqrt(var + eps)
+    backward: with x_hat = xc * invstd,
+              dbeta  = sum(dY)
+              dgamma = sum(dY * x_hat) = invstd * sum(dY * xc)
+              dX     = gamma*invstd * (dY - dbeta/m - x_hat * dgamma/m)
+                     = dY*scale - xc*(scale*invstd^2*sum(dY*xc)/m) - scale*dbeta/m
+    (d mean/dX and d var/dX are folded in; d var/d mean = 0 because sum(xc) = 0.)
+    """
+
+    def __init__(self, eps):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, X3, gamma, beta):
+        pre, C, post = X3.shape
+        m = pre * post
+        ctx, dtype = X3.context, X3.dtype
+        ones_pre = nd.ones((1, pre), ctx=ctx, dtype=dtype)
+        ones_post = nd.ones((post, 1), ctx=ctx, dtype=dtype)
+        mean = _per_channel_sum(X3, ones_pre, ones_post) / m          # (1, C)
+        xc = nd.broadcast_sub(X3, mean.reshape((1, C, 1)))
+        vari = _per_channel_sum(nd.square(xc), ones_pre, ones_post) / m
+        invstd = nd.rsqrt(vari + self.eps)
+        scale = gamma.reshape((1, C)) * invstd
+        Y3 = nd.broadcast_add(nd.broadcast_mul(xc, scale.reshape((1, C, 1))),
+                              beta.reshape((1, C, 1)))
+        self.save_for_backward(xc, invstd, scale, ones_pre, ones_post)
+        self.batch_stats = (mean.reshape((C,)), vari.reshape((C,)))
+        return Y3
+
+    def backward(self, dY3):
+        xc, invstd, scale, ones_pre, ones_post = self.saved_tensors
+        pre, C, post = xc.shape
+        m = pre * post
+        sum_dy = _per_channel_sum(dY3, ones_pre, ones_post)           # dbeta, (1, C)
+        sum_dy_xc = _per_channel_sum(dY3 * xc, ones_pre, ones_post)   # (1, C)
+        k_xc = -(scale * nd.square(invstd) * sum_dy_xc / m).reshape((1, C, 1))
+        k_0 = -(scale * sum_dy / m).reshape((1, C, 1))
+        dX3 = nd.broadcast_add(
+            nd.broadcast_add(nd.broadcast_mul(dY3, scale.reshape((1, C, 1))),
+                             nd.broadcast_mul(xc, k_xc)), k_0)
+        dgamma = (invstd * sum_dy_xc).reshape((C,))
+        dbeta = sum_dy.reshape((C,))
+        return dX3, dgamma, dbeta
+
+
+def _batch_norm_train_scratch(X, gamma, beta, eps, ax):
+    op = _ScratchBatchNorm(eps)
+    Y3 = op(X.reshape(_three_d_shape(X.shape, ax)), gamma, beta)
+    mean, vari = op.batch_stats
+    return Y3.reshape(X.shape), mean, vari
+
+
+def _batch_norm_train_fused(X, gamma, beta, eps, ax):
+    """MXNet's fused kernel for the arithmetic; returns (Y, batch mean, biased var)."""
+    C = X.shape[ax]
+    # Scratch aux states: the kernel updates its aux arrays itself (on the CPU
+    # during backward, with cuDNN in forward and unbiased); giving it throwaway
+    # arrays keeps the user's moving statistics under mxbn's single rule.
+    scratch_mean = nd.zeros((C,), ctx=X.context, dtype=gamma.dtype)
+    scratch_vari = nd.ones((C,), ctx=X.context, dtype=gamma.dtype)
+    # The kernel picks batch vs. moving statistics from autograd's global
+    # train flag; pin it so the explicit is_training argument is what counts.
+    with autograd.train_mode():
+        Y, mean, invstd = nd.BatchNorm(
+            X, gamma, beta, scratch_mean, scratch_vari, eps=eps, momentum=0.0,
+            fix_gamma=False, use_global_stats=False, output_mean_var=True, axis=ax)
+    with autograd.pause():
+        # The kernel reports 1/sqrt(var + eps); invert in float64 so the
+        # biased variance keeps float32's relative precision of var + eps.
+        vari = (1.0 / nd.square(invstd.astype("float64")) - eps).astype(gamma.dtype)
+    return Y, mean, vari
+
+
+def _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax):
+    """Y = X * scale + shift with per-channel scale = gamma/sqrt(vari+eps), shift = beta - mean*scale.
+
+    Composed of ordinary ops so that autograd still differentiates w.r.t. X,
+    gamma and beta in inference mode; the moving statistics are only read.
+    """
+    pre, C, post = _three_d_shape(X.shape, ax)
+    scale = gamma * nd.rsqrt(moving_vari + eps)
+    shift = beta - moving_mean * scale
+    X3 = X.reshape((pre, C, post))
+    Y3 = nd.broadcast_add(nd.broadcast_mul(X3, scale.reshape((1, C, 1))), shift.reshape((1, C, 1)))
+    return Y3.reshape(X.shape)
+
+
+def _update_moving_stats(moving_mean, moving_vari, mean, vari, momentum):
+    """moving = momentum*moving + (1-momentum)*batch, in place, outside the graph."""
+    with autograd.pause():
+        keep, take = float(momentum), 1.0 - float(momentum)
+        moving_mean[:] = keep * moving_mean + take * mean.detach()
+        moving_vari[:] = keep * moving_vari + take * vari.detach()
+
+
+# --------------------------------------------------------------------------- #
+# thin layers
+# --------------------------------------------------------------------------- #
+def _pair(value, name):
+    if isinstance(value, numbers.Integral):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, numbers.Integral) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def _check_rank(X, rank, op, layout):
+    if not isinstance(X, nd.NDArray):
+        raise TypeError(f"{op}: X must be an mxnet NDArray, got {type(X).__name__}")
+    if X.ndim != rank:
+        raise ValueError(f"{op}: X must have rank {rank} {layout}, got shape {X.shape}")
+
+
+def conv2d(X, weight, bias=None, stride=1, pad=0):
+    """2-D convolution (cross-correlation), NCHW.
+
+    Parameters
+    ----------
+    X : NDArray, shape (N, C_in, H, W)
+    weight : NDArray, shape (C_out, C_in, kh, kw)
+    bias : NDArray of shape (C_out,) or None (no bias; use None before batch_norm,
+        whose beta makes a bias redundant)
+    stride, pad : int or (int, int), default 1 and 0
+    """
+    _check_rank(X, 4, "conv2d", "(N, C, H, W)")
+    if weight.ndim != 4 or weight.shape[1] != X.shape[1]:
+        raise ValueError(f"conv2d: weight has shape {weight.shape}, expected (C_out, {X.shape[1]}, kh, kw) "
+                         f"for X of shape {X.shape}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"conv2d: bias has shape {bias.shape}, expected ({weight.shape[0]},)")
+    kwargs = dict(kernel=weight.shape[2:], num_filter=weight.shape[0],
+                  stride=_pair(stride, "stride"), pad=_pair(pad, "pad"))
+    if bias is None:
+        return nd.Convolution(X, weight, no_bias=True, **kwargs)
+    return nd.Convolution(X, weight, bias, **kwargs)
+
+
+def _pool(X, kernel, stride, pool_type, op):
+    _check_rank(X, 4, op, "(N, C, H, W)")
+    kernel = _pair(kernel, "kernel")
+    stride = kernel if stride is None else _pair(stride, "stride")
+    return nd.Pooling(X, kernel=kernel, stride=stride, pool_type=pool_type)
+
+
+def max_pool2d(X, kernel=2, stride=None):
+    """Max pooling over (H, W) of an NCHW array; ``stride`` defaults to ``kernel``."""
+    return _pool(X, kernel, stride, "max", "max_pool2d")
+
+
+def avg_pool2d(X, kernel=2, stride=None):
+    """Average pooling over (H, W) of an NCHW array; ``stride`` defaults to ``kernel``."""
+    return _pool(X, kernel, stride, "avg", "avg_pool2d")
+
+
+def flatten(X):
+    """(N, d1, d2, ...) -> (N, d1*d2*...)."""
+    if not isinstance(X, nd.NDArray) or X.ndim < 1:
+        raise ValueError(f"flatten: X must be an NDArray with a batch axis, got {X!r}")
+    return X.reshape((X.shape[0], -1))
+
+
+def dense(X, weight, bias=None):
+    """Affine layer ``Y = X W^T + b`` (MXNet/PyTorch weight layout).
+
+    Parameters
+    ----------
+    X : NDArray, shape (N, d_in) or (N, ...) (flattened to (N, d_in))
+    weight : NDArray, shape (d_out, d_in)
+    bias : NDArray of shape (d_out,) or None
+    """
+    if not isinstance(X, nd.NDArray) or X.ndim < 2:
+        raise ValueError(f"dense: X must be an NDArray of rank >= 2, got {getattr(X, 'shape', X)!r}")
+    d_in = X.size // X.shape[0]
+    if weight.ndim != 2 or weight.shape[1] != d_in:
+        raise ValueError(f"dense: weight has shape {weight.shape}, expected (d_out, {d_in}) "
+                         f"for X of shape {X.shape}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"dense: bias has shape {bias.shape}, expected ({weight.shape[0]},)")
+    if bias is None:
+        return nd.FullyConnected(X, weight, num_hidden=weight.shape[0], no_bias=True, flatten=True)
+    return nd.FullyConnected(X, weight, bias, num_hidden=weight.shape[0], flatten=True)
+
+
+def relu(X):
+    """max(X, 0)."""
+    return nd.relu(X)
+
+
+def sigmoid(X):
+    """1 / (1 + exp(-X))."""
+    return nd.sigmoid(X)
+
+
+def tanh(X):
+    """Hyperbolic tangent."""
+    return nd.tanh(X)
+
+
+def dropout(X, p, is_training):
+    """Inverted dropout: in training, zero each value with probability ``p`` and
+    scale the rest by ``1/(1-p)``; in inference, return ``X`` unchanged.
+
+    Randomness comes from MXNet's generator (seed it with ``mx.random.seed`` or
+    :func:`mxbn.seeding.seed_everything`).
+    """
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p must be a number in [0, 1), got {p!r}")
+    if not is_training or p == 0.0:
+        return X
+    # mode="always" makes the kernel obey is_training instead of autograd's flag.
+    return nd.Dropout(X, p=float(p), mode="always")
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean over the batch of ``-log softmax(logits)[label]``.
+
+    Parameters
+    ----------
+    logits : NDArray, shape (N, K)
+    labels : NDArray, shape (N,), integer class indices in [0, K) (any dtype)
+
+    Uses ``log_softmax`` so large logits do not overflow.
+    """
+    _check_logits_labels(logits, labels, "softmax_cross_entropy")
+    return -nd.pick(nd.log_softmax(logits, axis=1), labels, axis=1).mean()
+
+
+def correct_count(logits, labels):
+    """Number of rows whose arg-max equals the label, as a 1-element NDArray.
+
+    Stays on the device: sum it over batches and read it once per epoch.
+    """
+    _check_logits_labels(logits, labels, "correct_count")
+    return (nd.argmax(logits, axis=1) == labels.astype(logits.dtype)).sum()
+
+
+def accuracy(logits, labels):
+    """Fraction of rows whose arg-max equals the label, as a 1-element NDArray."""
+    return correct_count(logits, labels) / logits.shape[0]
+
+
+def _check_logits_labels(logits, labels, op):
+    if not isinstance(logits, nd.NDArray) or logits.ndim != 2:
+        raise ValueError(f"{op}: logits must be an NDArray of shape (N, K), got "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}")
+    if not isinstance(labels, nd.NDArray) or labels.shape != (logits.shape[0],):
+        raise ValueError(f"{op}: labels must be an NDArray of shape ({logits.shape[0]},), got "
+                         f"{getattr(labels, 'shape', type(labels).__name__)}")

@@ -1,0 +1,32 @@
+"""Install mxbn: `pip install -r requirements.txt -e .` (add `.[test]` for the test tools)."""
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+
+def read_requirements(path):
+    """Requirement lines of requirements.txt without comments: one list of pins for both files."""
+    lines = (re.sub(r"\s*#.*$", "", line).strip() for line in (HERE / path).read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def read_version():
+    return re.search(r'^__version__ = "([^"]+)"', (HERE / "mxbn" / "__init__.py").read_text(), re.M).group(1)
+
+
+setup(
+    name="mxbn",
+    version=read_version(),
+    description="Exact, fast functional batch normalization and a small CNN trainer on MXNet",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["mxbn", "mxbn.*"]),
+    # numpy 1.23 (the newest numpy mxnet 1.9.1 runs on unpatched) has no wheel for 3.12
+    python_requires=">=3.8,<3.12",
+    install_requires=read_requirements("requirements.txt"),
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
+)
