@@ -71,7 +71,9 @@ class _Optimizer:
     def _lr(self, lr):
         if lr is None:
             return float(self.lr)
-        _check_positive("lr", lr)
+        # 0 is a valid scheduled value (the first step of a linear warm-up).
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr >= 0 or not math.isfinite(lr):
+            raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
         return float(lr)
 
     def update(self, params, grads, state, lr=None):

@@ -1,0 +1,126 @@
+"""The trainer's typed configuration. Defaults reproduce the MXNet "batch norm from scratch" tutorial."""
+import math
+import numbers
+from dataclasses import asdict, dataclass, fields
+from typing import Optional, Tuple
+
+from .data import DATASETS
+from .functional import BATCH_NORM_IMPLS
+from .init import INIT_NAMES
+from .optim import OPTIMIZERS
+
+__all__ = ["TrainConfig", "ConfigError", "LR_SCHEDULES", "RESUME_MAY_CHANGE"]
+
+LR_SCHEDULES = ("constant", "step", "cosine")
+
+# Options a resumed run may change; every other one must match the checkpoint.
+RESUME_MAY_CHANGE = ("ctx", "data_dir", "epochs")
+
+
+class ConfigError(ValueError):
+    """An option value is invalid; the message names the option and what is expected."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    ctx: str = "gpu"                    # tutorial: mx.gpu(); falls back to the CPU with a warning
+    dataset: str = "fashion-mnist"      # tutorial dataset
+    data_dir: Optional[str] = None      # None: search path, then download
+    epochs: int = 5                     # tutorial
+    batch_size: int = 128               # tutorial
+    lr: float = 0.2                     # tutorial
+    lr_schedule: str = "constant"       # tutorial: constant
+    warmup_epochs: float = 0.0          # linear warm-up from 0 to lr before the schedule
+    lr_step_epochs: Tuple[int, ...] = ()  # "step": epochs at which lr is multiplied by lr_factor
+    lr_factor: float = 0.1
+    optimizer: str = "sgd"              # tutorial: plain SGD
+    momentum: float = 0.9               # for optimizer="momentum"
+    weight_decay: float = 0.0           # tutorial: none
+    use_bn: bool = True                 # the tutorial's point
+    bn_momentum: float = 0.9            # tutorial: moving = 0.9*moving + 0.1*batch
+    bn_impl: str = "fused"
+    init: str = "normal"                # tutorial: N(0, 0.01^2) weights
+    init_scale: float = 0.01
+    seed: int = 0
+    augment: bool = False               # random horizontal flips + shifts, on the device
+    max_shift: int = 2                  # pixels, with augment
+    limit_train: Optional[int] = None   # first N training samples (quick runs)
+    limit_test: Optional[int] = None
+
+    def validate(self):
+        """Raise ConfigError for the first invalid option; returns self."""
+        _one_of("dataset", self.dataset, sorted(DATASETS))
+        _one_of("optimizer", self.optimizer, sorted(OPTIMIZERS))
+        _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _one_of("bn_impl", self.bn_impl, BATCH_NORM_IMPLS)
+        _one_of("init", self.init, INIT_NAMES)
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        _positive_float("lr", self.lr)
+        _positive_float("init_scale", self.init_scale)
+        _positive_float("lr_factor", self.lr_factor)
+        _in_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        _in_range("bn_momentum", self.bn_momentum, 0.0, 1.0)
+        _in_range("weight_decay", self.weight_decay, 0.0, math.inf, hi_open=True)
+        _in_range("warmup_epochs", self.warmup_epochs, 0.0, self.epochs, hi_open=True)
+        _non_negative_int("seed", self.seed)
+        _non_negative_int("max_shift", self.max_shift)
+        for name in ("limit_train", "limit_test"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if self.lr_schedule == "step":
+            if not self.lr_step_epochs:
+                raise ConfigError("lr_schedule 'step' needs lr_step_epochs (e.g. --lr-steps 10,15)")
+            for e in self.lr_step_epochs:
+                if not isinstance(e, int) or not 0 < e < self.epochs:
+                    raise ConfigError(f"lr_step_epochs must be epochs in 1..{self.epochs - 1}, got "
+                                      f"{list(self.lr_step_epochs)}")
+        return self
+
+    def to_dict(self):
+        d = asdict(self)
+        d["lr_step_epochs"] = list(self.lr_step_epochs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}")
+        d = dict(d)
+        if "lr_step_epochs" in d:
+            d["lr_step_epochs"] = tuple(d["lr_step_epochs"])
+        return cls(**d)
+
+    def resume_differences(self, saved):
+        """Options (other than RESUME_MAY_CHANGE) whose value differs from ``saved``."""
+        mine, theirs = self.to_dict(), saved.to_dict()
+        return {k: (theirs[k], mine[k]) for k in mine if k not in RESUME_MAY_CHANGE and mine[k] != theirs[k]}
+
+
+def _one_of(name, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _non_negative_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _positive_float(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < math.inf):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _in_range(name, value, lo, hi, hi_open=False):
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and lo <= value and (
+        value < hi if hi_open else value <= hi)
+    if not ok:
+        raise ConfigError(f"{name} must be in [{lo}, {hi}{')' if hi_open else ']'}, got {value!r}")

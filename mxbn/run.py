@@ -1,0 +1,200 @@
+"""The LeNet job behind ``scripts/train_cnn.py``: config in, files out.
+
+Joins the pieces: context, seeding, data, model, optimizer, LR schedule and
+``fit``; writes ``config.json``, ``checkpoint.params`` (after every epoch),
+``metrics.json``, ``metrics.csv`` and ``curves.png`` into the output folder,
+each atomically.
+"""
+import csv
+import functools
+import io
+import json
+import os
+
+from . import __version__, _runtime
+from .atomic import atomic_write_json, atomic_write_text
+from .augment import random_flip_shift
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig
+from .context import resolve_context
+from .data import load_dataset, to_device
+from .models import lenet, lenet_params, min_train_batch_size
+from .optim import make_optimizer
+from .plot import plot_history
+from .seeding import seed_everything
+from .train import evaluate, fit
+
+__all__ = ["train_cnn", "eval_checkpoint", "prepare_out_dir", "make_lr_schedule", "RUN_FILES",
+           "OutDirError"]
+
+CHECKPOINT = "checkpoint.params"
+METRICS = "metrics.json"
+RUN_FILES = ("config.json", CHECKPOINT, METRICS, "metrics.csv", "curves.png")
+
+
+class OutDirError(ConfigError):
+    """--out cannot be used as asked (not writable, or holds another run)."""
+
+
+def prepare_out_dir(out_dir, resume=False, overwrite=False):
+    """Create ``out_dir`` or check it may be used; never deletes anything.
+
+    A folder that already holds a run is refused unless ``resume`` (continue it)
+    or ``overwrite`` (its files are replaced as the new run writes them).
+    """
+    if resume and overwrite:
+        raise OutDirError("--resume and --overwrite exclude each other")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutDirError(f"--out {out_dir}: exists and is not a directory")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise OutDirError(f"--out {out_dir}: cannot create it ({e.strerror})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutDirError(f"--out {out_dir}: not writable")
+    existing = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+    has_checkpoint = os.path.exists(os.path.join(out_dir, CHECKPOINT))
+    if resume and not has_checkpoint:
+        raise OutDirError(f"--resume: no {CHECKPOINT} in {out_dir} to resume from")
+    if existing and not (resume or overwrite):
+        raise OutDirError(f"--out {out_dir} already holds a run ({', '.join(existing)}); pass --resume "
+                          f"to continue it, --overwrite to replace it, or choose another --out")
+    return out_dir
+
+
+def make_lr_schedule(config, iters_per_epoch):
+    """A gluoncv LR scheduler (callable: iteration -> lr), or None for a constant lr.
+
+    Warm-up, if any, is linear from 0 to ``lr`` over ``warmup_epochs`` and is
+    followed by the named schedule over the remaining iterations.
+    """
+    from gluoncv.utils import LRScheduler, LRSequential
+    warmup_iters = int(round(config.warmup_epochs * iters_per_epoch))
+    if config.lr_schedule == "constant" and warmup_iters == 0:
+        return None
+    main_iters = config.epochs * iters_per_epoch - warmup_iters
+    kwargs = dict(base_lr=config.lr, niters=main_iters)
+    if config.lr_schedule == "step":
+        kwargs.update(step_iter=[e * iters_per_epoch - warmup_iters for e in config.lr_step_epochs],
+                      step_factor=config.lr_factor)
+    elif config.lr_schedule == "cosine":
+        kwargs.update(target_lr=0.0)
+    main = LRScheduler(config.lr_schedule, **kwargs)
+    if warmup_iters == 0:
+        return main
+    # gluoncv's linear mode divides by niters - 1, so a warm-up needs >= 2 iterations.
+    warmup = LRScheduler("linear", base_lr=0.0, target_lr=config.lr, niters=max(warmup_iters, 2))
+    return LRSequential([warmup, main])
+
+
+def _history_csv(history):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue()
+
+
+def _write_results(out_dir, config, dataset, ctx, history):
+    best = max(history, key=lambda h: h["test_acc"])
+    metrics = dict(
+        mxbn_version=__version__, config=config.to_dict(), dataset=dataset.name, data_source=dataset.source,
+        context=str(ctx), threads=_runtime.thread_settings(), history=history,
+        final=dict(epoch=history[-1]["epoch"], test_acc=history[-1]["test_acc"],
+                   test_loss=history[-1]["test_loss"], train_acc=history[-1]["train_acc"]),
+        best=dict(epoch=best["epoch"], test_acc=best["test_acc"]))
+    atomic_write_json(os.path.join(out_dir, METRICS), metrics)
+    atomic_write_text(os.path.join(out_dir, "metrics.csv"), _history_csv(history))
+    title = f"LeNet{'-BN' if config.use_bn else ''} on {dataset.name}"
+    plot_history(history, os.path.join(out_dir, "curves.png"), title=title)
+    return metrics
+
+
+def _build(config, ctx, rng, log):
+    """Data on the device, model, optimizer and schedule for ``config``."""
+    dataset = load_dataset(config.dataset, config.data_dir)
+    n_train = min(config.limit_train or len(dataset.train_labels), len(dataset.train_labels))
+    if config.batch_size > n_train:
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the training set "
+                          f"({n_train} samples)")
+    train = to_device(dataset.train_images, dataset.train_labels, ctx, config.limit_train)
+    test = to_device(dataset.test_images, dataset.test_labels, ctx, config.limit_test)
+    params, state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=rng,
+                                 init_scale=config.init_scale)
+    hyper = {"momentum": config.momentum} if config.optimizer == "momentum" else {}
+    optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay, **hyper)
+    iters_per_epoch = -(-train[0].shape[0] // config.batch_size)
+    schedule = make_lr_schedule(config, iters_per_epoch)
+    log(f"data: {dataset.name} from {dataset.source}: {train[0].shape[0]} train / {test[0].shape[0]} "
+        f"test images on {ctx}")
+    return dataset, train, test, params, state, optimizer, schedule
+
+
+def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, log=print):
+    """Train the LeNet described by ``config``; returns the metrics dict written to metrics.json."""
+    config = config.validate()
+    prepare_out_dir(out_dir, resume, overwrite)
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    log("config: " + json.dumps(config.to_dict(), sort_keys=True))
+    log(f"threads: {_runtime.thread_settings()['in_force']}")
+    ctx = resolve_context(config.ctx, warn=log)
+    rng = seed_everything(config.seed)
+    dataset, train, test, params, state, optimizer, schedule = _build(config, ctx, rng, log)
+    opt_state = optimizer.init(params)
+    start_epoch, history = 0, []
+    if resume:
+        ckpt = load_checkpoint(ckpt_path, ctx)
+        saved = TrainConfig.from_dict(ckpt["meta"]["config"])
+        diffs = config.resume_differences(saved)
+        if diffs:
+            raise ConfigError("--resume with options that differ from the checkpoint's: " + ", ".join(
+                f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in sorted(diffs.items())))
+        check_compatible(ckpt_path, params, ckpt["params"], "parameters")
+        check_compatible(ckpt_path, state, ckpt["state"], "batch-norm statistics")
+        params, state, opt_state = ckpt["params"], ckpt["state"], ckpt["opt_state"]
+        rng.bit_generator.state = ckpt["meta"]["rng_state"]
+        start_epoch, history = ckpt["meta"]["epoch"], ckpt["meta"]["history"]
+        log(f"resuming from {ckpt_path} after epoch {start_epoch}")
+        if start_epoch >= config.epochs:
+            log(f"nothing to do: the checkpoint has {start_epoch} epoch(s), --epochs is {config.epochs}")
+    atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
+
+    def on_epoch_end(epoch, hist):
+        meta = dict(mxbn_version=__version__, config=config.to_dict(), epoch=epoch, history=hist,
+                    rng_state=rng.bit_generator.state, model="lenet")
+        save_checkpoint(ckpt_path, params, state, opt_state, meta)
+        _write_results(out_dir, config, dataset, ctx, hist)
+
+    net = functools.partial(lenet, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
+    augment = (functools.partial(random_flip_shift, max_shift=config.max_shift) if config.augment else None)
+    history = fit(net, params, state, optimizer, opt_state, train, test, config.epochs, config.batch_size, rng,
+                  seed=config.seed, lr_schedule=schedule, augment=augment,
+                  min_batch_size=min_train_batch_size(params, dense_bn=False), start_epoch=start_epoch,
+                  history=history, on_epoch_end=on_epoch_end, progress=progress, log=log)
+    metrics = _write_results(out_dir, config, dataset, ctx, history)
+    final = metrics["final"]
+    total = sum(h["seconds"] for h in history)
+    log(f"done: {len(history)} epochs, final test accuracy {final['test_acc']:.4f} "
+        f"(best {metrics['best']['test_acc']:.4f} at epoch {metrics['best']['epoch']}), "
+        f"{total:.1f} s in all; results in {out_dir}")
+    return metrics
+
+
+def eval_checkpoint(path, ctx_spec="gpu", data_dir=None, log=print):
+    """Evaluate a checkpoint on its dataset's test split; returns (loss, accuracy, recorded accuracy)."""
+    ctx = resolve_context(ctx_spec, warn=log)
+    ckpt = load_checkpoint(path, ctx)
+    config = TrainConfig.from_dict(ckpt["meta"]["config"])
+    if ckpt["meta"].get("model") != "lenet":
+        raise CheckpointError(f"{path}: holds a {ckpt['meta'].get('model')!r} model, expected 'lenet'")
+    expected_params, expected_state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=0)
+    check_compatible(path, expected_params, ckpt["params"], "parameters")
+    check_compatible(path, expected_state, ckpt["state"], "batch-norm statistics")
+    dataset = load_dataset(config.dataset, data_dir or config.data_dir)
+    X, y = to_device(dataset.test_images, dataset.test_labels, ctx, config.limit_test)
+    net = functools.partial(lenet, bn_impl=config.bn_impl)
+    loss, acc = evaluate(net, ckpt["params"], ckpt["state"], X, y, config.batch_size)
+    recorded = ckpt["meta"]["history"][-1]["test_acc"] if ckpt["meta"]["history"] else float("nan")
+    log(f"{path}: epoch {ckpt['meta']['epoch']}, test loss {loss:.4f}, test accuracy {acc:.4f} "
+        f"(recorded {recorded:.4f}) on {X.shape[0]} {dataset.name} test images")
+    return loss, acc, recorded

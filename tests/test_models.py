@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+import mxnet as mx
+from mxnet import nd
+
+from mxbn import models
+
+
+@pytest.mark.parametrize("use_bn", [True, False])
+def test_lenet_shapes_and_names(use_bn):
+    params, state = models.lenet_params(mx.cpu(), use_bn=use_bn, seed=0)
+    expected = {"conv1_weight": (20, 1, 5, 5), "conv2_weight": (50, 20, 3, 3), "fc1_weight": (128, 1250),
+                "fc1_bias": (128,), "fc2_weight": (10, 128), "fc2_bias": (10,)}
+    if use_bn:
+        expected.update({"bn1_gamma": (20,), "bn1_beta": (20,), "bn2_gamma": (50,), "bn2_beta": (50,)})
+        assert {k: v.shape for k, v in state.items()} == {
+            "bn1_moving_mean": (20,), "bn1_moving_vari": (20,), "bn2_moving_mean": (50,), "bn2_moving_vari": (50,)}
+    else:
+        expected.update({"conv1_bias": (20,), "conv2_bias": (50,)})
+        assert state == {}
+    assert {k: v.shape for k, v in params.items()} == expected
+    logits = models.lenet(params, state, nd.ones((3, 1, 28, 28)), True)
+    assert logits.shape == (3, 10)
+
+
+def test_lenet_same_seed_same_weights():
+    a, _ = models.lenet_params(mx.cpu(), seed=4)
+    b, _ = models.lenet_params(mx.cpu(), seed=4)
+    for k in a:
+        np.testing.assert_array_equal(a[k].asnumpy(), b[k].asnumpy())
+
+
+def test_lenet_training_updates_state_inference_does_not():
+    params, state = models.lenet_params(mx.cpu(), seed=0)
+    X = nd.array(np.random.default_rng(0).random((4, 1, 28, 28)))
+    before = {k: v.asnumpy().copy() for k, v in state.items()}
+    models.lenet(params, state, X, False).wait_to_read()
+    for k in state:
+        np.testing.assert_array_equal(state[k].asnumpy(), before[k])
+    models.lenet(params, state, X, True).wait_to_read()
+    assert all(not np.array_equal(state[k].asnumpy(), before[k]) for k in state)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_mlp_with_and_without_bn(activation):
+    params, state = models.mlp_params(mx.cpu(), (784, 30, 20, 10), use_bn=True, init="xavier", seed=1)
+    assert sorted(state) == ["bn1_moving_mean", "bn1_moving_vari", "bn2_moving_mean", "bn2_moving_vari"]
+    out = models.mlp(params, state, nd.ones((5, 1, 28, 28)), True, activation=activation)
+    assert out.shape == (5, 10)
+    assert models.min_train_batch_size(params, dense_bn=True) == 2
+    plain, plain_state = models.mlp_params(mx.cpu(), (784, 10), seed=1)
+    assert plain_state == {} and models.min_train_batch_size(plain, dense_bn=True) == 1
+    with pytest.raises(ValueError, match="at least an input and an output size"):
+        models.mlp_params(mx.cpu(), (784,))
