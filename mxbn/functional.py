@@ -244,6 +244,9 @@ class _ScratchBatchNorm(autograd.Function):
 
     def backward(self, dY3):
         xc, invstd, scale, ones_pre, ones_post = self.saved_tensors
+        # MXNet keeps every Function object alive in a registry after its
+        # backward ran; drop the activations now so they do not accumulate.
+        self.saved_tensors = ()
         pre, C, post = xc.shape
         m = pre * post
         sum_dy = _per_channel_sum(dY3, ones_pre, ones_post)           # dbeta, (1, C)
@@ -262,6 +265,7 @@ def _batch_norm_train_scratch(X, gamma, beta, eps, ax):
     op = _ScratchBatchNorm(eps)
     Y3 = op(X.reshape(_three_d_shape(X.shape, ax)), gamma, beta)
     mean, vari = op.batch_stats
+    op.batch_stats = None
     return Y3.reshape(X.shape), mean, vari
 
 

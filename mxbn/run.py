@@ -68,7 +68,7 @@ def make_lr_schedule(config, iters_per_epoch):
     Warm-up, if any, is linear from 0 to ``lr`` over ``warmup_epochs`` and is
     followed by the named schedule over the remaining iterations.
     """
-    from gluoncv.utils import LRScheduler, LRSequential
+    from .schedules import LRScheduler, LRSequential
     warmup_iters = int(round(config.warmup_epochs * iters_per_epoch))
     if config.lr_schedule == "constant" and warmup_iters == 0:
         return None

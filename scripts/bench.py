@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Benchmark mxbn's batch_norm and LeNet side by side with nd.BatchNorm, Gluon and PyTorch.
+
+    python scripts/bench.py                  # full run: table on stdout, JSON in --json
+    python scripts/bench.py --quick          # seconds, for smoke tests
+
+Argument parsing only; the logic is mxbn.bench.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import mxbn  # noqa: E402,F401  (thread defaults before mxnet loads)
+from mxbn.atomic import atomic_write_json  # noqa: E402
+from mxbn.bench import format_table, run_bench  # noqa: E402
+from mxbn.context import ContextError  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ctx", default="cpu", help="cpu, gpu (falls back with a warning) or gpu:N")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeat", type=int, default=20, help="timed repeats per op (median reported)")
+    p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: checks that it runs")
+    p.add_argument("--json", default=os.path.join("runs", "bench.json"), help="where to write the results")
+    a = p.parse_args(argv)
+    if a.batch_size < 2 or a.repeat < 1:
+        p.error("--batch-size must be >= 2 and --repeat >= 1")
+    try:
+        result = run_bench(a.ctx, a.batch_size, a.repeat, a.quick, log=lambda m: print(m, file=sys.stderr))
+    except ContextError as e:
+        p.error(str(e))
+    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+    atomic_write_json(a.json, result)
+    print(format_table(result))
+    print(f"\n(JSON: {a.json})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
