@@ -35,7 +35,7 @@ _STAT_DTYPE = {"float16": "float32", "float32": "float32", "float64": "float64"}
 # batch normalization
 # --------------------------------------------------------------------------- #
 def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
-               momentum=0.9, eps=1e-5, axis=1, impl="fused"):
+               momentum=0.9, eps=1e-5, axis=1, impl="fused", check_finite=False):
     r"""Batch normalization (Ioffe & Szegedy, 2015) over every axis except ``axis``.
 
     ``Y = gamma * (X - mean) / sqrt(var + eps) + beta``, per channel.
@@ -81,6 +81,10 @@ def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
         and shift, and the analytic backward
         ``dX = gamma/sigma * (dY - mean(dY) - x_hat * mean(dY * x_hat))``.
 
+    check_finite : bool, default False
+        Raise ValueError if ``X`` (or gamma, beta, the moving statistics) holds
+        NaN or infinity.  Costs a device-to-host sync, so it is off by default.
+
     Returns
     -------
     Y : NDArray, same shape and dtype as ``X``.
@@ -108,6 +112,8 @@ def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
     """
     ax = _check_batch_norm_args(X, gamma, beta, is_training, moving_mean,
                                 moving_vari, momentum, eps, axis, impl)
+    if check_finite:
+        _check_finite(X=X, gamma=gamma, beta=beta, moving_mean=moving_mean, moving_vari=moving_vari)
     in_dtype = X.dtype
     stat_dtype = _STAT_DTYPE[_dtype_name(in_dtype)]
     if _dtype_name(in_dtype) != stat_dtype:
@@ -181,6 +187,16 @@ def _check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari
             f"variance; X of shape {X.shape} has 1 per channel. Drop this batch, use a larger "
             f"one, or call with is_training=False (moving statistics were not updated)")
     return ax
+
+
+def _check_finite(**arrays):
+    for name, value in arrays.items():
+        with autograd.pause():
+            finite = nd.contrib.isfinite(value.astype("float32"))
+            bad = value.size - int(finite.sum().asscalar())
+        if bad:
+            raise ValueError(f"batch_norm: {name} holds {bad} NaN or infinite value(s) "
+                             f"(shape {value.shape}); check the input pipeline and the learning rate")
 
 
 def _three_d_shape(shape, ax):
@@ -307,7 +323,10 @@ def _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax):
 def _update_moving_stats(moving_mean, moving_vari, mean, vari, momentum):
     """moving = momentum*moving + (1-momentum)*batch, in place, outside the graph."""
     with autograd.pause():
-        keep, take = float(momentum), 1.0 - float(momentum)
+        # MXNet parses scalar arguments from text and rejects double subnormals
+        # (momentum=1e-313 raised "Out of range value"); they are 0 to any precision.
+        keep = float(momentum) if momentum >= np.finfo(np.float64).tiny else 0.0
+        take = 1.0 - keep
         moving_mean[:] = keep * moving_mean + take * mean.detach()
         moving_vari[:] = keep * moving_vari + take * vari.detach()
 

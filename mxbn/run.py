@@ -10,6 +10,7 @@ import functools
 import io
 import json
 import os
+import signal
 
 from . import __version__, _runtime
 from .atomic import atomic_write_json, atomic_write_text
@@ -52,6 +53,8 @@ def prepare_out_dir(out_dir, resume=False, overwrite=False):
         raise OutDirError(f"--out {out_dir}: cannot create it ({e.strerror})") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutDirError(f"--out {out_dir}: not writable")
+    if resume or overwrite:
+        _remove_stale_temp_files(out_dir)
     existing = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
     has_checkpoint = os.path.exists(os.path.join(out_dir, CHECKPOINT))
     if resume and not has_checkpoint:
@@ -60,6 +63,13 @@ def prepare_out_dir(out_dir, resume=False, overwrite=False):
         raise OutDirError(f"--out {out_dir} already holds a run ({', '.join(existing)}); pass --resume "
                           f"to continue it, --overwrite to replace it, or choose another --out")
     return out_dir
+
+
+def _remove_stale_temp_files(out_dir):
+    """Temp files of atomic writes that a hard kill (SIGKILL) left behind; never a result file."""
+    for name in os.listdir(out_dir):
+        if name.endswith(".tmp") and any(name.startswith("." + f + ".") for f in RUN_FILES):
+            os.remove(os.path.join(out_dir, name))
 
 
 def make_lr_schedule(config, iters_per_epoch):
@@ -110,7 +120,7 @@ def _write_results(out_dir, config, dataset, ctx, history):
     return metrics
 
 
-def _build(config, ctx, rng, log):
+def _build(config, ctx, log):
     """Data on the device, model, optimizer and schedule for ``config``."""
     dataset = load_dataset(config.dataset, config.data_dir)
     n_train = min(config.limit_train or len(dataset.train_labels), len(dataset.train_labels))
@@ -119,7 +129,7 @@ def _build(config, ctx, rng, log):
                           f"({n_train} samples)")
     train = to_device(dataset.train_images, dataset.train_labels, ctx, config.limit_train)
     test = to_device(dataset.test_images, dataset.test_labels, ctx, config.limit_test)
-    params, state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=rng,
+    params, state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=config.seed,
                                  init_scale=config.init_scale)
     hyper = {"momentum": config.momentum} if config.optimizer == "momentum" else {}
     optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay, **hyper)
@@ -130,18 +140,52 @@ def _build(config, ctx, rng, log):
     return dataset, train, test, params, state, optimizer, schedule
 
 
-def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, log=print):
-    """Train the LeNet described by ``config``; returns the metrics dict written to metrics.json."""
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the training loop polls after each batch."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self):
+        return self.signal is not None
+
+    def __enter__(self):
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with their owner
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C: stop waiting for the batch
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_nan="stop", log=print):
+    """Train the LeNet described by ``config``; returns the metrics dict written to metrics.json.
+
+    SIGINT/SIGTERM finish the batch in flight, write a resumable checkpoint and
+    raise TrainingInterrupted.  A non-finite loss raises TrainingDiverged and
+    leaves the last epoch's checkpoint and metrics as they were.
+    """
     config = config.validate()
     prepare_out_dir(out_dir, resume, overwrite)
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
     log("config: " + json.dumps(config.to_dict(), sort_keys=True))
     log(f"threads: {_runtime.thread_settings()['in_force']}")
     ctx = resolve_context(config.ctx, warn=log)
-    rng = seed_everything(config.seed)
-    dataset, train, test, params, state, optimizer, schedule = _build(config, ctx, rng, log)
+    seed_everything(config.seed)
+    dataset, train, test, params, state, optimizer, schedule = _build(config, ctx, log)
     opt_state = optimizer.init(params)
-    start_epoch, history = 0, []
+    start, history = None, []
     if resume:
         ckpt = load_checkpoint(ckpt_path, ctx)
         saved = TrainConfig.from_dict(ckpt["meta"]["config"])
@@ -152,25 +196,35 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, log
         check_compatible(ckpt_path, params, ckpt["params"], "parameters")
         check_compatible(ckpt_path, state, ckpt["state"], "batch-norm statistics")
         params, state, opt_state = ckpt["params"], ckpt["state"], ckpt["opt_state"]
-        rng.bit_generator.state = ckpt["meta"]["rng_state"]
-        start_epoch, history = ckpt["meta"]["epoch"], ckpt["meta"]["history"]
-        log(f"resuming from {ckpt_path} after epoch {start_epoch}")
-        if start_epoch >= config.epochs:
-            log(f"nothing to do: the checkpoint has {start_epoch} epoch(s), --epochs is {config.epochs}")
+        history = ckpt["meta"]["history"]
+        start = ckpt["meta"]["position"]
+        log(f"resuming from {ckpt_path} at epoch {start['epoch'] + 1}, batch {start['batch'] + 1}")
+        if start["epoch"] >= config.epochs:
+            log(f"nothing to do: the checkpoint has {start['epoch']} epoch(s), --epochs is {config.epochs}")
     atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
 
-    def on_epoch_end(epoch, hist):
-        meta = dict(mxbn_version=__version__, config=config.to_dict(), epoch=epoch, history=hist,
-                    rng_state=rng.bit_generator.state, model="lenet")
+    def save(position, hist):
+        meta = dict(mxbn_version=__version__, config=config.to_dict(), position=position, history=hist,
+                    epoch=position["epoch"], model="lenet")
         save_checkpoint(ckpt_path, params, state, opt_state, meta)
+
+    def on_epoch_end(epoch, hist):
+        save(dict(epoch=epoch, batch=0), hist)
         _write_results(out_dir, config, dataset, ctx, hist)
+
+    def on_interrupt(position, hist):
+        save(position, hist)
+        log(f"interrupted in epoch {position['epoch'] + 1} after batch {position['batch']}: checkpoint "
+            f"written to {ckpt_path}; continue with the same command and --resume")
 
     net = functools.partial(lenet, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
     augment = (functools.partial(random_flip_shift, max_shift=config.max_shift) if config.augment else None)
-    history = fit(net, params, state, optimizer, opt_state, train, test, config.epochs, config.batch_size, rng,
-                  seed=config.seed, lr_schedule=schedule, augment=augment,
-                  min_batch_size=min_train_batch_size(params, dense_bn=False), start_epoch=start_epoch,
-                  history=history, on_epoch_end=on_epoch_end, progress=progress, log=log)
+    with _StopFlag() as stop:
+        history = fit(net, params, state, optimizer, opt_state, train, test, config.epochs, config.batch_size,
+                      seed=config.seed, lr_schedule=schedule, augment=augment,
+                      min_batch_size=min_train_batch_size(params, dense_bn=False), start=start,
+                      history=history, on_epoch_end=on_epoch_end, on_interrupt=on_interrupt,
+                      stop_requested=stop, on_nan=on_nan, progress=progress, log=log)
     metrics = _write_results(out_dir, config, dataset, ctx, history)
     final = metrics["final"]
     total = sum(h["seconds"] for h in history)

@@ -8,6 +8,8 @@ from ``on_epoch_end``.
 import math
 import time
 
+import numpy as np
+
 import mxnet as mx
 from mxnet import autograd, nd
 
@@ -15,7 +17,7 @@ from . import functional as F
 from .data import epoch_batches
 from .seeding import epoch_seed
 
-__all__ = ["fit", "evaluate", "TrainingDiverged"]
+__all__ = ["fit", "evaluate", "TrainingDiverged", "TrainingInterrupted", "shuffle_rng", "augment_rng"]
 
 # Batches between two reads of the running metrics.  Reading is a host-device
 # sync point; without any, Python would queue the whole epoch on MXNet's
@@ -24,7 +26,15 @@ SYNC_EVERY = 50
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite (or too many batches were skipped for it)."""
+
+
+class TrainingInterrupted(Exception):
+    """A stop was requested (SIGINT/SIGTERM); ``position`` says where training stopped."""
+
+    def __init__(self, position):
+        super().__init__(f"interrupted in epoch {position['epoch'] + 1} after batch {position['batch']}")
+        self.position = position
 
 
 def evaluate(net, params, state, X, y, batch_size):
@@ -44,9 +54,25 @@ def evaluate(net, params, state, X, y, batch_size):
     return loss_sum.asscalar() / n, correct.asscalar() / n
 
 
-def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epochs, batch_size, rng,
-        seed=0, lr_schedule=None, augment=None, min_batch_size=1, start_epoch=0, history=None,
-        on_epoch_end=None, progress=False, log=print):
+def shuffle_rng(seed, epoch):
+    """The generator that shuffles ``epoch``: derived from (seed, epoch) alone, so a
+    resumed run draws the same permutation without carrying generator state."""
+    return np.random.default_rng([seed, epoch, 0])
+
+
+def augment_rng(seed, epoch, batch):
+    """The generator for the augmentation of one batch, derived from (seed, epoch, batch)."""
+    return np.random.default_rng([seed, epoch, batch, 1])
+
+
+def _first_non_finite(losses):
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return int(bad[0]) if bad.size else None
+
+
+def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epochs, batch_size, seed=0,
+        lr_schedule=None, augment=None, min_batch_size=1, start=None, history=None, on_epoch_end=None,
+        on_interrupt=None, stop_requested=None, on_nan="stop", max_skipped=10, progress=False, log=print):
     """Train ``net`` in place and return the history (a list of per-epoch dicts).
 
     Parameters
@@ -56,60 +82,110 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
         Learned parameters (updated by ``optimizer``) and BN state (updated by the net).
     optimizer, opt_state : an ``mxbn.optim`` optimizer and its state (updated in place)
     train_data, test_data : (X, y) NDArrays on the training context
-    num_epochs : int -- train epochs ``start_epoch .. num_epochs-1``
+    num_epochs : int -- train until this many epochs are done
     batch_size : int
-    rng : np.random.Generator -- shuffling and augmentation draws (checkpoint its state)
-    seed : int -- reseeds MXNet's generator at each epoch start (see ``seeding.epoch_seed``)
+    seed : int -- every random draw of training derives from it: the shuffle of
+        epoch e from (seed, e), the augmentation of batch b from (seed, e, b),
+        MXNet's generator is reseeded from (seed, e) at each epoch start
     lr_schedule : callable(iteration) -> lr, or None for the optimizer's lr
     augment : callable(X, rng) -> X, or None
     min_batch_size : int -- a final batch smaller than this is dropped (with a note)
-    start_epoch, history : for resuming
+    start : dict or None -- where to resume: ``{"epoch": e, "batch": b, "loss_sum": .., "correct": ..,
+        "seen": .., "skipped": ..}`` as passed to ``on_interrupt`` (b = 0: at an epoch start)
+    history : list -- epochs already done
     on_epoch_end : callable(epoch, history) -- e.g. write a checkpoint
+    on_interrupt : callable(position, history) -- called when ``stop_requested()`` turns true,
+        after the batch in flight; then TrainingInterrupted is raised
+    stop_requested : callable() -> bool, checked after every batch (a Python flag, no device sync)
+    on_nan : "stop" or "skip" -- a non-finite loss stops training (TrainingDiverged), or the batch
+        is not applied and counted ("skip" reads each loss before its update: one sync per batch)
+    max_skipped : int -- with "skip", more skipped batches than this in an epoch stop training
     progress : bool -- tqdm progress bar with running loss/accuracy
     log : callable(str) -- where the per-epoch line goes
     """
+    if on_nan not in ("stop", "skip"):
+        raise ValueError(f"on_nan must be 'stop' or 'skip', got {on_nan!r}")
     history = list(history or [])
+    start = dict(start or {"epoch": len(history), "batch": 0})
     X_train, y_train = train_data
     X_test, y_test = test_data
     ctx = X_train.context
     for p in params.values():
         p.attach_grad()
-    for epoch in range(start_epoch, num_epochs):
+    for epoch in range(start["epoch"], num_epochs):
+        resume_here = epoch == start["epoch"] and start["batch"] > 0
         mx.random.seed(epoch_seed(seed, epoch), ctx=ctx)
         t0 = time.perf_counter()
-        batches, dropped = epoch_batches(X_train, y_train, batch_size, rng, min_batch_size)
+        batches, dropped = epoch_batches(X_train, y_train, batch_size, shuffle_rng(seed, epoch), min_batch_size)
         if dropped:
             log(f"note: epoch {epoch + 1}: dropped a final batch of {dropped} sample(s), too small "
                 f"for batch statistics (needs >= {min_batch_size})")
         iteration = epoch * len(batches)
-        loss_sum = nd.zeros((1,), ctx=ctx)
-        correct = nd.zeros((1,), ctx=ctx)
-        seen = 0
+        first = start["batch"] if resume_here else 0
+        # Running sums stay on the device; a resumed epoch continues from the saved float32 values.
+        loss_sum = nd.array([start["loss_sum"] if resume_here else 0.0], ctx=ctx)
+        correct = nd.array([start["correct"] if resume_here else 0.0], ctx=ctx)
+        seen = start["seen"] if resume_here else 0
+        skipped = start.get("skipped", 0) if resume_here else 0
+        # Each batch's loss is copied into this device array (no sync), so a
+        # non-finite loss found at the next sync point is located exactly.
+        batch_losses = nd.zeros((len(batches),), ctx=ctx)
+        checked = first
         lr = None
-        bar = _progress_bar(len(batches), epoch, num_epochs) if progress else None
-        for b, (X, y) in enumerate(batches):
+        bar = _progress_bar(len(batches), epoch, num_epochs, first) if progress else None
+        for b in range(first, len(batches)):
+            X, y = batches[b]
             if augment is not None:
-                X = augment(X, rng)
+                X = augment(X, augment_rng(seed, epoch, b))
             with autograd.record():
                 logits = net(params, state, X, True)
                 loss = F.softmax_cross_entropy(logits, y)
             loss.backward()
+            if on_nan == "skip" and not math.isfinite(loss.asscalar()):  # per-batch sync, by request
+                skipped += 1
+                log(f"warning: epoch {epoch + 1} batch {b + 1}: non-finite loss, batch skipped "
+                    f"({skipped} so far)")
+                if skipped > max_skipped:
+                    raise TrainingDiverged(f"more than {max_skipped} batches with a non-finite loss in epoch "
+                                           f"{epoch + 1}; the learning rate is probably too large")
+                batch_losses[b] = 0.0
+                continue
             lr = lr_schedule(iteration + b) if lr_schedule is not None else None
             optimizer.update(params, {k: p.grad for k, p in params.items()}, opt_state, lr=lr)
+            batch_losses[b] = loss.detach()
             loss_sum += loss.detach() * X.shape[0]
             correct += F.correct_count(logits.detach(), y)
             seen += X.shape[0]
-            if (b + 1) % SYNC_EVERY == 0 or b + 1 == len(batches):
-                running_loss = loss_sum.asscalar() / seen  # sync point, see SYNC_EVERY
-                if not math.isfinite(running_loss):
+            last = b + 1 == len(batches)
+            if (b + 1) % SYNC_EVERY == 0 or last:
+                # sync point, see SYNC_EVERY
+                bad = _first_non_finite(batch_losses[checked:b + 1].asnumpy())
+                if bad is not None:
                     raise TrainingDiverged(
-                        f"training loss became {running_loss} in epoch {epoch + 1} by batch {b + 1}; "
-                        f"the learning rate is probably too large")
+                        f"non-finite training loss in epoch {epoch + 1} at batch {checked + bad + 1} "
+                        f"(lr {lr if lr is not None else optimizer.lr:g}); the learning rate is probably "
+                        f"too large or the weights too large at initialisation")
+                checked = b + 1
                 if bar is not None:
                     bar.update(b + 1 - bar.n)
-                    bar.set_postfix(loss=f"{running_loss:.4f}", acc=f"{correct.asscalar() / seen:.4f}")
+                    bar.set_postfix(loss=f"{loss_sum.asscalar() / max(seen, 1):.4f}",
+                                    acc=f"{correct.asscalar() / max(seen, 1):.4f}")
+            if stop_requested is not None and stop_requested() and not last:
+                position = dict(epoch=epoch, batch=b + 1, loss_sum=float(loss_sum.asscalar()),
+                                correct=float(correct.asscalar()), seen=seen, skipped=skipped)
+                bad = _first_non_finite(batch_losses[checked:b + 1].asnumpy())
+                if bad is not None:
+                    raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1} at batch "
+                                           f"{checked + bad + 1}; not saving an interrupted checkpoint")
+                if bar is not None:
+                    bar.close()
+                if on_interrupt is not None:
+                    on_interrupt(position, history)
+                raise TrainingInterrupted(position)
         if bar is not None:
             bar.close()
+        if seen == 0:
+            raise TrainingDiverged(f"every batch of epoch {epoch + 1} was skipped for a non-finite loss")
         train_seconds = time.perf_counter() - t0
         train_loss, train_acc = loss_sum.asscalar() / seen, correct.asscalar() / seen
         test_loss, test_acc = evaluate(net, params, state, X_test, y_test, batch_size)
@@ -117,7 +193,7 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
         record = dict(epoch=epoch + 1, lr=float(lr if lr is not None else optimizer.lr),
                       train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
                       seconds=seconds, train_seconds=train_seconds, images_per_sec=seen / train_seconds,
-                      samples=seen, dropped=dropped)
+                      samples=seen, dropped=dropped, skipped=skipped, resumed_at_batch=first)
         history.append(record)
         log(f"epoch {epoch + 1}/{num_epochs}  lr {record['lr']:.4g}  train loss {train_loss:.4f} "
             f"acc {train_acc:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
@@ -127,7 +203,7 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
     return history
 
 
-def _progress_bar(total, epoch, num_epochs):
+def _progress_bar(total, epoch, num_epochs, initial=0):
     from tqdm import tqdm
-    return tqdm(total=total, desc=f"epoch {epoch + 1}/{num_epochs}", unit="batch", leave=False,
-                dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{num_epochs}", unit="batch",
+                leave=False, dynamic_ncols=True)

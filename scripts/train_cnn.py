@@ -18,7 +18,7 @@ from mxbn.context import ContextError  # noqa: E402
 from mxbn.data import DATASETS, DataError  # noqa: E402
 from mxbn.optim import OPTIMIZERS  # noqa: E402
 from mxbn.run import eval_checkpoint, train_cnn  # noqa: E402
-from mxbn.train import TrainingDiverged  # noqa: E402
+from mxbn.train import TrainingDiverged, TrainingInterrupted  # noqa: E402
 
 D = TrainConfig()
 
@@ -63,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--eval-only", metavar="CHECKPOINT", help="evaluate a checkpoint and exit")
+    p.add_argument("--on-nan", default="stop", choices=("stop", "skip"),
+                   help="on a non-finite loss: stop, or skip the batch (at most 10 per epoch; syncs every batch)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p, p.parse_args(argv)
 
@@ -85,7 +87,7 @@ def main(argv=None):
             eval_checkpoint(args.eval_only, args.ctx, args.data_dir)
             return 0
         config = config_from_args(args).validate()
-        train_cnn(config, args.out, resume=args.resume, overwrite=args.overwrite,
+        train_cnn(config, args.out, resume=args.resume, overwrite=args.overwrite, on_nan=args.on_nan,
                   progress=not args.no_progress and sys.stderr.isatty())
     except (ConfigError, ContextError) as e:
         parser.error(str(e))  # usage error: exit code 2
@@ -93,8 +95,12 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     except TrainingDiverged as e:
-        print(f"error: {e}; the last good checkpoint and metrics in {args.out} are intact", file=sys.stderr)
+        kept = os.path.exists(os.path.join(args.out, "checkpoint.params"))
+        print(f"error: {e}" + (f"; the last good checkpoint and metrics in {args.out} are intact" if kept
+                               else "; no epoch had finished, nothing was saved"), file=sys.stderr)
         return 3
+    except TrainingInterrupted:
+        return 130  # the conventional code for "stopped by a signal"; the checkpoint is written
     return 0
 
 
