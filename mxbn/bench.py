@@ -11,7 +11,6 @@ first calls are warm-up, and the median of the repeats is reported.
 """
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 from . import _runtime
 from . import functional as F
 from .models import lenet, lenet_params
+from .torch_lenet import peak_rss_mb
 from .train import SYNC_EVERY
 
 import mxnet as mx
@@ -31,7 +31,7 @@ __all__ = ["run_bench", "OP_SHAPES", "MODEL_VARIANTS", "format_table"]
 
 # LeNet's activations at batch 128 and a 2-D (dense) case.
 OP_SHAPES = [(128, 20, 24, 24), (128, 50, 10, 10), (128, 128)]
-MODEL_VARIANTS = ["mxbn-fused", "mxbn-scratch", "nd.BatchNorm", "gluon-hybrid", "no-bn", "torch-eager"]
+MODEL_VARIANTS = ["mxbn-static", "mxbn-fused", "mxbn-scratch", "nd.BatchNorm", "gluon-hybrid", "no-bn", "torch-eager"]
 MXNET_VARIANTS = MODEL_VARIANTS[:-1]
 HEADLINE = "gluon-hybrid"
 TRAIN_IMAGES = 60000  # Fashion-MNIST training set, for seconds per epoch
@@ -196,22 +196,6 @@ def _time_gluon(ctx, batches, batch_size, lr, steps, warmup):
     return _time_steps(step, batches, steps, warmup)
 
 
-def _peak_rss_mb():
-    """Peak resident memory of this process in MiB.
-
-    /proc's VmHWM belongs to this program alone; ru_maxrss would carry over the
-    parent's peak through fork+exec.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def model_child(variant, ctx_spec, batch_size, steps, warmup):
     """Run one model-level variant here and return its measurements (called in a child process)."""
     from .context import resolve_context
@@ -224,6 +208,9 @@ def model_child(variant, ctx_spec, batch_size, steps, warmup):
         params, state = lenet_params(ctx, use_bn=variant != "no-bn", seed=0)
         if variant == "nd.BatchNorm":
             net = _raw_nd_batchnorm_lenet
+        elif variant == "mxbn-static":
+            from .compiled import CompiledLeNet
+            net = CompiledLeNet()
         else:
             impl = "scratch" if variant == "mxbn-scratch" else "fused"
             net = lambda p, s, X, t, impl=impl: lenet(p, s, X, t, bn_impl=impl)  # noqa: E731
@@ -237,7 +224,7 @@ def model_child(variant, ctx_spec, batch_size, steps, warmup):
         except Exception:  # no GPU: the CPU fallback ran
             gpu_mb = None
     return dict(variant=variant, images_per_sec=images_per_sec, ms_per_step=1e3 * seconds / steps,
-                epoch_seconds=TRAIN_IMAGES / images_per_sec, peak_rss_mb=_peak_rss_mb(), gpu_mb=gpu_mb)
+                epoch_seconds=TRAIN_IMAGES / images_per_sec, peak_rss_mb=peak_rss_mb(), gpu_mb=gpu_mb)
 
 
 def _run_child(variant, ctx_spec, batch_size, steps, warmup, timeout):
@@ -303,12 +290,12 @@ def run_bench(ctx_spec="cpu", batch_size=128, repeat=20, quick=False, log=print)
     for m in models:
         if head and "error" not in m:
             m["ratio_to_gluon"] = m["images_per_sec"] / head["images_per_sec"]
-    fused = next((m for m in models if m["variant"] == "mxbn-fused" and "error" not in m), None)
+    default = next((m for m in models if m["variant"] == "mxbn-static" and "error" not in m), None)
     return dict(
         context=str(ctx), batch_size=batch_size, quick=quick, threads=_runtime.thread_settings(),
         mxnet=mx.__version__, cpu_count=os.cpu_count(), ops=ops, models=models,
         pipeline=dict(seconds_per_epoch=pipeline_s,
-                      fraction_of_mxbn_epoch=(pipeline_s / fused["epoch_seconds"]) if fused else None),
+                      fraction_of_mxbn_epoch=(pipeline_s / default["epoch_seconds"]) if default else None),
         torch_available=torch_available())
 
 
@@ -333,7 +320,7 @@ def format_table(result):
     p = result["pipeline"]
     frac = p["fraction_of_mxbn_epoch"]
     lines += ["", f"input pipeline alone: {p['seconds_per_epoch']:.3f} s per epoch"
-                  + (f" = {100 * frac:.2f} % of an mxbn-fused epoch" if frac is not None else "")]
+                  + (f" = {100 * frac:.2f} % of an mxbn-static (default) epoch" if frac is not None else "")]
     if not result["torch_available"]:
         lines.append("torch-eager: skipped (torch not importable)")
     return "\n".join(lines)

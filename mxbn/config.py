@@ -9,9 +9,10 @@ from .functional import BATCH_NORM_IMPLS
 from .init import INIT_NAMES
 from .optim import OPTIMIZERS
 
-__all__ = ["TrainConfig", "ConfigError", "LR_SCHEDULES", "RESUME_MAY_CHANGE"]
+__all__ = ["TrainConfig", "ConfigError", "LR_SCHEDULES", "GRAPHS", "RESUME_MAY_CHANGE"]
 
 LR_SCHEDULES = ("constant", "step", "cosine")
+GRAPHS = ("static", "imperative")
 
 # Options a resumed run may change; every other one must match the checkpoint.
 RESUME_MAY_CHANGE = ("ctx", "data_dir", "epochs")
@@ -39,6 +40,8 @@ class TrainConfig:
     use_bn: bool = True                 # the tutorial's point
     bn_momentum: float = 0.9            # tutorial: moving = 0.9*moving + 0.1*batch
     bn_impl: str = "fused"
+    graph: str = "static"               # "static": LeNet as one planned MXNet graph (mxbn.compiled);
+                                        # "imperative": the functional ops one by one (needs for bn_impl="scratch")
     init: str = "normal"                # tutorial: N(0, 0.01^2) weights
     init_scale: float = 0.01
     seed: int = 0
@@ -54,6 +57,10 @@ class TrainConfig:
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _one_of("bn_impl", self.bn_impl, BATCH_NORM_IMPLS)
         _one_of("init", self.init, INIT_NAMES)
+        _one_of("graph", self.graph, GRAPHS)
+        if self.graph == "static" and self.bn_impl != "fused":
+            raise ConfigError(f"bn_impl {self.bn_impl!r} runs only with graph 'imperative' (its custom backward "
+                              f"is Python code a static graph cannot hold); pass --graph imperative")
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         _positive_float("lr", self.lr)

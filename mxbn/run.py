@@ -16,6 +16,7 @@ from . import __version__, _runtime
 from .atomic import atomic_write_json, atomic_write_text
 from .augment import random_flip_shift
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .compiled import CompiledLeNet
 from .config import ConfigError, TrainConfig
 from .context import resolve_context
 from .data import load_dataset, to_device
@@ -140,6 +141,13 @@ def _build(config, ctx, log):
     return dataset, train, test, params, state, optimizer, schedule
 
 
+def make_net(config):
+    """The LeNet forward function for ``config``: a static graph or the functional ops one by one."""
+    if config.graph == "static":
+        return CompiledLeNet(use_bn=config.use_bn, bn_momentum=config.bn_momentum)
+    return functools.partial(lenet, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
+
+
 class _StopFlag:
     """Turns SIGINT/SIGTERM into a flag the training loop polls after each batch."""
 
@@ -217,7 +225,7 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
         log(f"interrupted in epoch {position['epoch'] + 1} after batch {position['batch']}: checkpoint "
             f"written to {ckpt_path}; continue with the same command and --resume")
 
-    net = functools.partial(lenet, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
+    net = make_net(config)
     augment = (functools.partial(random_flip_shift, max_shift=config.max_shift) if config.augment else None)
     with _StopFlag() as stop:
         history = fit(net, params, state, optimizer, opt_state, train, test, config.epochs, config.batch_size,
@@ -246,7 +254,7 @@ def eval_checkpoint(path, ctx_spec="gpu", data_dir=None, log=print):
     check_compatible(path, expected_state, ckpt["state"], "batch-norm statistics")
     dataset = load_dataset(config.dataset, data_dir or config.data_dir)
     X, y = to_device(dataset.test_images, dataset.test_labels, ctx, config.limit_test)
-    net = functools.partial(lenet, bn_impl=config.bn_impl)
+    net = make_net(config)
     loss, acc = evaluate(net, ckpt["params"], ckpt["state"], X, y, config.batch_size)
     recorded = ckpt["meta"]["history"][-1]["test_acc"] if ckpt["meta"]["history"] else float("nan")
     log(f"{path}: epoch {ckpt['meta']['epoch']}, test loss {loss:.4f}, test accuracy {acc:.4f} "

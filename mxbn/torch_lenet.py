@@ -1,8 +1,9 @@
 """The same LeNet-BN training step in PyTorch eager, for the benchmark's comparison row.
 
-Run as a file in its own process (``python mxbn/torch_lenet.py``), never imported
-by mxbn: it must not load MXNet, whose OpenMP threads would compete with
-PyTorch's.  Prints one JSON line with the measurements.
+Run as a file in its own process (``python mxbn/torch_lenet.py``): that process
+must not load MXNet, whose OpenMP threads would compete with PyTorch's.  The
+module imports only the standard library at the top, so mxbn.bench can reuse
+``peak_rss_mb`` from it.  Prints one JSON line with the measurements.
 """
 import argparse
 import json
@@ -56,12 +57,16 @@ def time_torch_lenet(batch_size, steps, warmup, lr=0.1):
     ips = steps * batch_size / seconds
     return dict(variant="torch-eager", images_per_sec=ips, ms_per_step=1e3 * seconds / steps,
                 epoch_seconds=TRAIN_IMAGES / ips,
-                peak_rss_mb=_peak_rss_mb(), gpu_mb=None,
+                peak_rss_mb=peak_rss_mb(), gpu_mb=None,
                 note=f"torch {torch.__version__}, {threads} threads")
 
 
-def _peak_rss_mb():
-    """VmHWM of this process in MiB (ru_maxrss would include the parent's peak)."""
+def peak_rss_mb():
+    """Peak resident memory of this process in MiB (shared with mxbn.bench).
+
+    /proc's VmHWM belongs to this program alone; ru_maxrss would carry over the
+    parent's peak through fork+exec.
+    """
     try:
         with open("/proc/self/status") as f:
             for line in f:

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import mxbn  # noqa: E402  (prepares numpy/threads before mxnet loads)
 from mxbn.checkpoint import CheckpointError  # noqa: E402
-from mxbn.config import LR_SCHEDULES, ConfigError, TrainConfig  # noqa: E402
+from mxbn.config import GRAPHS, LR_SCHEDULES, ConfigError, TrainConfig  # noqa: E402
 from mxbn.context import ContextError  # noqa: E402
 from mxbn.data import DATASETS, DataError  # noqa: E402
 from mxbn.optim import OPTIMIZERS  # noqa: E402
@@ -51,7 +51,11 @@ def parse_args(argv=None):
     p.add_argument("--no-bn", action="store_true", help="LeNet without batch norm")
     p.add_argument("--bn-momentum", type=float, default=D.bn_momentum,
                    help="moving = m*moving + (1-m)*batch (MXNet convention)")
-    p.add_argument("--bn-impl", default=D.bn_impl, choices=mxbn.BATCH_NORM_IMPLS)
+    p.add_argument("--bn-impl", default=D.bn_impl, choices=mxbn.BATCH_NORM_IMPLS,
+                   help="with --graph imperative: fused kernel or from-primitives batch_norm")
+    p.add_argument("--graph", default=D.graph, choices=GRAPHS,
+                   help="static: the LeNet as one planned MXNet graph (same numbers, faster); "
+                        "imperative: mxbn's functional ops one by one")
     p.add_argument("--init", default=D.init, choices=mxbn.init.INIT_NAMES)
     p.add_argument("--init-scale", type=float, default=D.init_scale, help="std for --init normal")
     p.add_argument("--seed", type=int, default=D.seed)
@@ -75,7 +79,7 @@ def config_from_args(args):
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
         lr_step_epochs=args.lr_steps, lr_factor=args.lr_factor, optimizer=args.optimizer,
         momentum=args.momentum, weight_decay=args.weight_decay, use_bn=not args.no_bn,
-        bn_momentum=args.bn_momentum, bn_impl=args.bn_impl, init=args.init, init_scale=args.init_scale,
+        bn_momentum=args.bn_momentum, bn_impl=args.bn_impl, graph=args.graph, init=args.init, init_scale=args.init_scale,
         seed=args.seed, augment=args.augment, max_shift=args.max_shift, limit_train=args.limit_train,
         limit_test=args.limit_test)
 

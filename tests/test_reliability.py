@@ -62,22 +62,25 @@ def nan_at(epoch_batch_pairs, monkeypatch):
 
 def test_divergence_names_epoch_and_batch_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
-    train_cnn(cfg(tiny, epochs=1), out, log=quiet, progress=False)
+    # the poisoned net is the imperative functional LeNet
+    train_cnn(cfg(tiny, epochs=1, graph="imperative"), out, log=quiet, progress=False)
     before = {f: sha1(os.path.join(out, f)) for f in ("checkpoint.params", "metrics.json", "metrics.csv")}
     # the poisoned counter starts at the resumed run's first training call (the run's epoch 2)
     nan_at({(1, 7)}, monkeypatch)
     with pytest.raises(TrainingDiverged, match=r"non-finite training loss in epoch 2 at batch 7"):
-        train_cnn(cfg(tiny, epochs=3), out, resume=True, log=quiet, progress=False)
+        train_cnn(cfg(tiny, epochs=3, graph="imperative"), out, resume=True, log=quiet, progress=False)
     assert {f: sha1(os.path.join(out, f)) for f in before} == before
 
 
 def test_on_nan_skip_counts_and_is_bounded(tiny, tmp_path, monkeypatch):
     nan_at({(1, 3), (1, 9)}, monkeypatch)
-    m = train_cnn(cfg(tiny, epochs=1), str(tmp_path / "a"), on_nan="skip", log=quiet, progress=False)
+    m = train_cnn(cfg(tiny, epochs=1, graph="imperative"), str(tmp_path / "a"), on_nan="skip", log=quiet,
+                  progress=False)
     assert m["history"][0]["skipped"] == 2 and m["history"][0]["samples"] == 1280 - 64
     nan_at({(1, b) for b in range(1, 13)}, monkeypatch)
     with pytest.raises(TrainingDiverged, match="more than 10 batches with a non-finite loss in epoch 1"):
-        train_cnn(cfg(tiny, epochs=1), str(tmp_path / "b"), on_nan="skip", log=quiet, progress=False)
+        train_cnn(cfg(tiny, epochs=1, graph="imperative"), str(tmp_path / "b"), on_nan="skip", log=quiet,
+                  progress=False)
 
 
 def test_cli_huge_lr_exits_nonzero_with_the_cause(tiny, tmp_path):
@@ -203,3 +206,27 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     nd.save(str(path), {"w": nd.ones(2)})
     with pytest.raises(CheckpointError, match="no 'meta' entry"):
         load_checkpoint(str(path), mx.cpu())
+
+
+needs_non_root = pytest.mark.skipif(os.geteuid() == 0, reason="root bypasses file permissions")
+
+
+@needs_non_root
+def test_unreadable_data_dir_and_unwritable_out(tiny, tmp_path):
+    locked = make_idx_dataset(tmp_path / "locked", n_train=64, n_test=32)
+    os.chmod(locked, 0)
+    try:
+        out = subprocess.run([sys.executable, SCRIPT, "--ctx", "cpu", "--data-dir", locked,
+                              "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 1 and "permission denied" in out.stderr
+    finally:
+        os.chmod(locked, 0o755)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    try:
+        out = subprocess.run([sys.executable, SCRIPT, "--ctx", "cpu", "--data-dir", tiny, "--out", str(ro)],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and "not writable" in out.stderr
+    finally:
+        os.chmod(ro, 0o755)

@@ -111,10 +111,17 @@ def test_out_dir_with_a_run_is_refused_unless_resume_or_overwrite(tiny_data, tmp
 
 def test_no_bn_and_scratch_bn_run(tiny_data, tmp_path):
     a = train_cnn(config(tiny_data, epochs=1, use_bn=False), str(tmp_path / "a"), log=quiet, progress=False)
-    b = train_cnn(config(tiny_data, epochs=1, bn_impl="scratch"), str(tmp_path / "b"), log=quiet, progress=False)
-    c = train_cnn(config(tiny_data, epochs=1, bn_impl="fused"), str(tmp_path / "c"), log=quiet, progress=False)
+    b = train_cnn(config(tiny_data, epochs=1, bn_impl="scratch", graph="imperative"), str(tmp_path / "b"),
+                  log=quiet, progress=False)
+    c = train_cnn(config(tiny_data, epochs=1, bn_impl="fused", graph="imperative"), str(tmp_path / "c"),
+                  log=quiet, progress=False)
+    d = train_cnn(config(tiny_data, epochs=1), str(tmp_path / "d"), log=quiet, progress=False)
     assert a["history"][0]["train_loss"] > 0
+    # scratch and fused compute the same function with different rounding; static = fused in one graph
     assert b["history"][0]["test_acc"] == pytest.approx(c["history"][0]["test_acc"], abs=0.02)
+    assert d["history"][0]["train_loss"] == pytest.approx(c["history"][0]["train_loss"], rel=1e-4)
+    with pytest.raises(ConfigError, match="runs only with graph 'imperative'"):
+        config(tiny_data, bn_impl="scratch").validate()
 
 
 def run_cli(*args, timeout=300):
