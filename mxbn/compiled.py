@@ -5,9 +5,9 @@ oneDNN layout reorders between ops.  A ``CachedOp`` with ``static_alloc`` and
 ``static_shape`` (what Gluon's ``hybridize`` builds) runs the whole forward and
 backward as one planned graph.  mxbn's batch-norm semantics are kept: the graph
 uses MXNet's fused BatchNorm kernel fed scratch aux arrays (as
-``batch_norm(impl="fused")`` does), exposes each layer's batch mean and inverse
-std as extra outputs, and mxbn applies its own moving-statistics update from
-them, once per training call, outside autograd.  In inference the graph reads
+``batch_norm(impl="fused")`` does) and computes mxbn's moving-statistics rule
+from the kernel's batch mean and inverse std as extra, gradient-free outputs,
+copied into the state arrays once per training call.  In inference the graph reads
 the moving statistics and leaves them untouched.
 
 ``CompiledLeNet(...)`` has the signature of ``models.lenet`` and gives the same
@@ -16,7 +16,6 @@ takes either.
 """
 from mxnet import autograd, nd, sym
 
-from .functional import _update_moving_stats
 from .models import LENET_CONV, LENET_HIDDEN, NUM_CLASSES
 
 __all__ = ["CompiledLeNet", "lenet_symbol"]
@@ -24,8 +23,20 @@ __all__ = ["CompiledLeNet", "lenet_symbol"]
 _FLAGS = [("static_alloc", True), ("static_shape", True)]
 
 
-def lenet_symbol(use_bn, is_training, eps=1e-5):
-    """(symbol, number of BN layers): outputs are logits, then (mean, invstd) per BN layer in training."""
+def _moving_update(moving, batch_stat, momentum):
+    """moving*momentum + (1-momentum)*batch_stat, as a graph output outside autograd."""
+    return sym.BlockGrad(momentum * moving + (1.0 - momentum) * batch_stat)
+
+
+def lenet_symbol(use_bn, is_training, eps=1e-5, bn_momentum=0.9):
+    """(symbol, number of BN layers).
+
+    Outputs: logits, then in training per BN layer the updated moving mean and
+    moving variance (MXNet's rule, biased batch variance recovered from the
+    kernel's inverse std: ``1/invstd^2 - eps``), which the caller copies into
+    the state arrays.  Computing them inside the graph replaces a dozen small
+    imperative ops per layer and step.
+    """
     H = sym.var("data")
     stats = []
     for i, (out_c, _, k) in enumerate(LENET_CONV, start=1):
@@ -40,7 +51,9 @@ def lenet_symbol(use_bn, is_training, eps=1e-5):
                                 output_mean_var=True)
             H = out[0]
             if is_training:
-                stats += [sym.BlockGrad(out[1]), sym.BlockGrad(out[2])]
+                batch_vari = 1.0 / sym.square(out[2]) - eps
+                stats += [_moving_update(sym.var(f"bn{i}_moving_mean"), out[1], bn_momentum),
+                          _moving_update(sym.var(f"bn{i}_moving_vari"), batch_vari, bn_momentum)]
         else:
             H = sym.Convolution(H, sym.var(f"conv{i}_weight"), sym.var(f"conv{i}_bias"), kernel=(k, k),
                                 num_filter=out_c)
@@ -67,7 +80,7 @@ class CompiledLeNet:
 
     def _graph(self, is_training):
         if is_training not in self._graphs:
-            symbol, n_bn = lenet_symbol(self.use_bn, is_training, self.eps)
+            symbol, n_bn = lenet_symbol(self.use_bn, is_training, self.eps, self.bn_momentum)
             self._graphs[is_training] = (nd.CachedOp(symbol, flags=_FLAGS), symbol.list_inputs(), n_bn)
         return self._graphs[is_training]
 
@@ -82,13 +95,13 @@ class CompiledLeNet:
         op, names, n_bn = self._graph(bool(is_training))
         env = dict(params)
         env["data"] = X
+        env.update(state)
         if is_training:
             env.update(self._scratch_aux(state, X.context))
             # the kernel takes batch statistics only when autograd's train flag is set
             with autograd.train_mode():
                 outputs = op(*[env[n] for n in names])
         else:
-            env.update(state)
             outputs = op(*[env[n] for n in names])
         if not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
@@ -96,8 +109,6 @@ class CompiledLeNet:
         if is_training:
             with autograd.pause():
                 for i in range(1, n_bn + 1):
-                    mean, invstd = outputs[2 * i - 1], outputs[2 * i]
-                    vari = 1.0 / nd.square(invstd.astype("float64")) - self.eps
-                    _update_moving_stats(state[f"bn{i}_moving_mean"], state[f"bn{i}_moving_vari"],
-                                         mean, vari.astype("float32"), self.bn_momentum)
+                    outputs[2 * i - 1].copyto(state[f"bn{i}_moving_mean"])
+                    outputs[2 * i].copyto(state[f"bn{i}_moving_vari"])
         return logits
