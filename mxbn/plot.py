@@ -11,7 +11,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 
-__all__ = ["plot_history"]
+__all__ = ["plot_history", "save_figure", "plt"]
 
 
 def plot_history(history, path, title="LeNet training"):
@@ -29,8 +29,13 @@ def plot_history(history, path, title="LeNet training"):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path, dpi=100):
+    """Write ``fig`` as PNG atomically and close it; returns ``path``."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     return path

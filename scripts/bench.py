@@ -23,13 +23,15 @@ def main(argv=None):
     p.add_argument("--ctx", default="cpu", help="cpu, gpu (falls back with a warning) or gpu:N")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeat", type=int, default=20, help="timed repeats per op (median reported)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds of the model-level variants (median reported)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: checks that it runs")
     p.add_argument("--json", default=os.path.join("runs", "bench.json"), help="where to write the results")
     a = p.parse_args(argv)
-    if a.batch_size < 2 or a.repeat < 1:
-        p.error("--batch-size must be >= 2 and --repeat >= 1")
+    if a.batch_size < 2 or a.repeat < 1 or a.rounds < 1:
+        p.error("--batch-size must be >= 2, --repeat and --rounds >= 1")
     try:
-        result = run_bench(a.ctx, a.batch_size, a.repeat, a.quick, log=lambda m: print(m, file=sys.stderr))
+        result = run_bench(a.ctx, a.batch_size, a.repeat, a.quick, a.rounds, log=lambda m: print(m, file=sys.stderr))
     except ContextError as e:
         p.error(str(e))
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

@@ -1,0 +1,94 @@
+"""`optimizers`: the "tricks of training" comparison of SGD, Momentum, AdaGrad and Adam.
+
+(a) Trajectories on f(x, y) = x^2/20 + y^2 from (-7, 2), 30 steps, with the
+chapter's learning rates; (b) training loss of an MLP 784-100x4-10 (ReLU, He
+init) for 2000 iterations of batch 128 per optimizer.
+Claims: SGD zig-zags on (a); AdaGrad, Adam and Momentum train the MLP faster than SGD.
+"""
+import os
+
+import numpy as np
+from mxnet import nd
+
+from .. import models
+from ..optim import make_optimizer
+from ..plot import plt, save_figure
+from .common import save_metrics, smooth, train_mlp_iterations, tutorial_dataset, verdict
+
+TITLE = "Optimizers: SGD, Momentum, AdaGrad, Adam"
+# (name, lr on f(x, y), lr for the MLP): the chapter's values
+OPTIMIZERS = [("sgd", 0.95, 0.01), ("momentum", 0.1, 0.01), ("adagrad", 1.5, 0.01), ("adam", 0.3, 0.001)]
+START, STEPS = (-7.0, 2.0), 30
+
+
+def f(x, y):
+    return x ** 2 / 20.0 + y ** 2
+
+
+def trajectory(name, lr, steps=STEPS):
+    """Points visited by mxbn.optim's optimizer on f from START (float32 parameters)."""
+    params = {"x": nd.array([START[0]]), "y": nd.array([START[1]])}
+    opt = make_optimizer(name, lr)
+    state = opt.init(params)
+    path = [START]
+    for _ in range(steps):
+        grads = {"x": params["x"] / 10.0, "y": 2.0 * params["y"]}
+        opt.update(params, grads, state)
+        path.append((params["x"].asscalar(), params["y"].asscalar()))
+    return np.array(path, dtype=np.float64)
+
+
+def sign_changes(values):
+    steps = np.diff(values)
+    return int(np.sum(np.sign(steps[1:]) * np.sign(steps[:-1]) < 0))
+
+
+def run(out_dir, ctx, quick=False, log=print):
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {name: trajectory(name, lr) for name, lr, _ in OPTIMIZERS}
+    fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+    gx, gy = np.meshgrid(np.linspace(-10, 10, 200), np.linspace(-5, 5, 200))
+    for ax, (name, lr, _) in zip(axes.flat, OPTIMIZERS):
+        p = paths[name]
+        ax.contour(gx, gy, f(gx, gy), levels=20, cmap="Greens", linewidths=0.7)
+        ax.plot(p[:, 0], p[:, 1], "o-", color="red", markersize=3, label=f"{name} (lr {lr})")
+        ax.plot(0, 0, "+", color="black", markersize=12)
+        ax.set(xlim=(-10, 10), ylim=(-5, 5), xlabel="x", ylabel="y", title=f"{name}, lr {lr}, {STEPS} steps")
+        ax.legend(loc="lower right")
+    fig.suptitle("f(x, y) = x²/20 + y² from (-7, 2)")
+    save_figure(fig, os.path.join(out_dir, "trajectories.png"))
+
+    iterations = 100 if quick else 2000
+    dataset, source, train, _ = tutorial_dataset(ctx, limit_train=2000 if quick else None, limit_test=100)
+    curves = {}
+    for name, _, lr in OPTIMIZERS:
+        params, state = models.mlp_params(ctx, (784, 100, 100, 100, 100, 10), init="he", seed=0)
+        curves[name] = train_mlp_iterations(models.mlp, params, state, make_optimizer(name, lr), train,
+                                            iterations, 128, seed=0)
+        log(f"optimizers: {name} final smoothed loss {smooth(curves[name])[-1]:.4f}")
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, _, lr in OPTIMIZERS:
+        ax.plot(smooth(curves[name]), label=f"{name} (lr {lr})")
+    ax.set(xlabel="iteration", ylabel="training loss (moving average of 50)", yscale="log",
+           title=f"MLP 784-100x4-10 on {dataset}, batch 128")
+    ax.legend()
+    save_figure(fig, os.path.join(out_dir, "mlp_loss.png"))
+
+    final = {name: float(smooth(c)[-1]) for name, c in curves.items()}
+    changes = {name: sign_changes(p[:, 1]) for name, p in paths.items()}
+    faster = [n for n in ("momentum", "adagrad", "adam") if final[n] < final["sgd"]]
+    claims = [
+        verdict("SGD zig-zags on x²/20 + y² (its y-steps change sign at almost every step)",
+                changes["sgd"] >= STEPS - 2 and changes["sgd"] > max(changes[n] for n in changes if n != "sgd"),
+                f"y-step sign changes in {STEPS} steps: " + ", ".join(f"{n} {c}" for n, c in changes.items())),
+        verdict("AdaGrad, Adam and Momentum train the MLP faster than SGD", len(faster) == 3,
+                f"final smoothed loss after {iterations} iterations: "
+                + ", ".join(f"{n} {v:.3f}" for n, v in final.items()),
+                partly=bool(faster)),
+    ]
+    metrics = dict(description=__doc__.split('\n', 1)[1].strip(), experiment="optimizers", title=TITLE, dataset=dataset, data_source=source, quick=quick,
+                   iterations=iterations, trajectories={n: p.tolist() for n, p in paths.items()},
+                   y_sign_changes=changes, final_smoothed_loss=final,
+                   loss_curves={n: c.tolist() for n, c in curves.items()}, claims=claims,
+                   figures=["trajectories.png", "mlp_loss.png"])
+    return save_metrics(out_dir, metrics)
