@@ -35,7 +35,7 @@ def test_quick_experiments_and_report(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), "all", "--quick",
                           "--out", str(runs)], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
-    for name in ("optimizers", "init"):
+    for name in ("lenet-bn", "optimizers", "init"):
         m = json.loads((runs / name / "metrics.json").read_text())
         assert m["dataset"] in ("mnist", "fashion-mnist") and m["quick"] is True
         assert m["claims"] and all(c["verdict"] in ("reproduced", "partly", "not reproduced") for c in m["claims"])
@@ -45,7 +45,8 @@ def test_quick_experiments_and_report(tmp_path):
                           "--out", str(runs), "--docs", str(docs)], capture_output=True, text=True, timeout=300)
     assert rep.returncode == 0, rep.stderr
     text = (docs / "results.md").read_text()
-    assert "## `optimizers`" in text and "## `init`" in text and "(quick run)" in text
+    assert "## `optimizers`" in text and "## `init`" in text and "## `lenet-bn`" in text
+    assert "(quick run)" in text and "## Not yet reproduced" in text
     assert "figures/optimizers-trajectories.png" in text and (docs / "figures" / "init-histograms.png").exists()
 
 
