@@ -7,6 +7,7 @@ from mxnet import autograd, nd
 from .. import functional as F
 from ..atomic import atomic_write_json
 from ..data import DataError, find_data_dir, load_dataset, to_device
+from ..train import evaluate
 
 __all__ = ["tutorial_dataset", "train_mlp_iterations", "smooth", "save_metrics", "verdict"]
 
@@ -28,9 +29,11 @@ def tutorial_dataset(ctx, limit_train=None, limit_test=None):
     return ds.name, ds.source, train, test
 
 
-def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch_size, seed):
-    """Loss of every iteration of minibatch training (batches drawn with replacement
-    of whole shuffled epochs, as the tutorials' loops did).  Returns a float array.
+def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch_size, seed,
+                         test=None, eval_every=None):
+    """Loss of every iteration of minibatch training (batches taken from successive
+    shuffled epochs, as the tutorials' loops did).  Returns a float array, or with
+    ``test`` and ``eval_every`` also the list of (iteration, test accuracy).
 
     The per-iteration losses stay on the device and are read once at the end.
     """
@@ -42,6 +45,7 @@ def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch
     for p in params.values():
         p.attach_grad()
     order = np.array([], dtype=np.int64)
+    accuracies = []
     for it in range(iterations):
         if order.size < batch_size:
             order = np.concatenate([order, rng.permutation(n)])
@@ -53,7 +57,10 @@ def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch
         loss.backward()
         optimizer.update(params, {k: p.grad for k, p in params.items()}, opt_state)
         losses[it] = loss.detach()
-    return losses.asnumpy().astype(np.float64)
+        if eval_every and (it + 1) % eval_every == 0:
+            accuracies.append((it + 1, evaluate(net, params, state, test[0], test[1], 1000)[1]))
+    losses = losses.asnumpy().astype(np.float64)
+    return (losses, accuracies) if eval_every else losses
 
 
 def smooth(values, window=50):
