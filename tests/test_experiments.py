@@ -35,7 +35,7 @@ def test_quick_experiments_and_report(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), "all", "--quick",
                           "--out", str(runs)], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
-    for name in ("lenet-bn", "mlp-grid", "optimizers", "init"):
+    for name in ("lenet-bn", "mlp-grid", "mlp-sigmoid", "optimizers", "init"):
         m = json.loads((runs / name / "metrics.json").read_text())
         assert m["dataset"] in ("mnist", "fashion-mnist") and m["quick"] is True
         assert m["claims"] and all(c["verdict"] in ("reproduced", "partly", "not reproduced") for c in m["claims"])
