@@ -35,9 +35,9 @@ def test_quick_experiments_and_report(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), "all", "--quick",
                           "--out", str(runs)], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
-    for name in ("lenet-bn", "mlp-grid", "mlp-sigmoid", "optimizers", "init"):
+    for name in ("lenet-bn", "mlp-grid", "mlp-sigmoid", "optimizers", "init", "batch-size", "lr-sensitivity"):
         m = json.loads((runs / name / "metrics.json").read_text())
-        assert m["dataset"] in ("mnist", "fashion-mnist") and m["quick"] is True
+        assert m["dataset"] in ("mnist", "fashion-mnist", "synthetic regression") and m["quick"] is True
         assert m["claims"] and all(c["verdict"] in ("reproduced", "partly", "not reproduced") for c in m["claims"])
         for fig in m["figures"]:
             assert (runs / name / fig).stat().st_size > 1000
@@ -46,10 +46,19 @@ def test_quick_experiments_and_report(tmp_path):
     assert rep.returncode == 0, rep.stderr
     text = (docs / "results.md").read_text()
     assert "## `optimizers`" in text and "## `init`" in text and "## `lenet-bn`" in text
-    assert "(quick run)" in text and "## Not yet reproduced" in text
+    assert "(quick run)" in text and "## `lr-sensitivity`" in text
     assert "figures/optimizers-trajectories.png" in text and (docs / "figures" / "init-histograms.png").exists()
 
 
 def test_report_lists_experiments_not_yet_run(tmp_path):
-    path = write_report(str(tmp_path / "runs"), str(tmp_path / "docs"), ["optimizers"])
-    assert "## Not yet run" in open(path).read()
+    path = write_report(str(tmp_path / "runs"), str(tmp_path / "docs"), ["optimizers"], planned=["x"])
+    text = open(path).read()
+    assert "## Not yet run" in text and "## Not yet reproduced" in text and "`x`" in text
+
+
+def test_regression_data_follows_the_formula():
+    import mxnet as mx
+    from mxbn.experiments.regression import COEF, NOISE, make_data
+    (X, Y), _ = make_data(mx.cpu())
+    resid = Y.asnumpy() - (X.asnumpy().astype(np.float64) ** 2) @ COEF
+    assert abs(resid.std() - NOISE) < 0.01 and abs(resid.mean()) < 0.01
