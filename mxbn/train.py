@@ -15,9 +15,9 @@ from mxnet import autograd, nd
 
 from . import functional as F
 from .data import epoch_batches
-from .seeding import epoch_seed
+from .seeding import augment_rng, epoch_seed, shuffle_rng
 
-__all__ = ["fit", "evaluate", "TrainingDiverged", "TrainingInterrupted", "shuffle_rng", "augment_rng"]
+__all__ = ["fit", "evaluate", "TrainingDiverged", "TrainingInterrupted"]
 
 # Batches between two reads of the running metrics.  Reading is a host-device
 # sync point; without any, Python would queue the whole epoch on MXNet's
@@ -54,20 +54,13 @@ def evaluate(net, params, state, X, y, batch_size):
     return loss_sum.asscalar() / n, correct.asscalar() / n
 
 
-def shuffle_rng(seed, epoch):
-    """The generator that shuffles ``epoch``: derived from (seed, epoch) alone, so a
-    resumed run draws the same permutation without carrying generator state."""
-    return np.random.default_rng([seed, epoch, 0])
-
-
-def augment_rng(seed, epoch, batch):
-    """The generator for the augmentation of one batch, derived from (seed, epoch, batch)."""
-    return np.random.default_rng([seed, epoch, batch, 1])
-
-
-def _first_non_finite(losses):
-    bad = np.flatnonzero(~np.isfinite(losses))
-    return int(bad[0]) if bad.size else None
+def _raise_if_non_finite(batch_losses, first, stop, epoch, consequence):
+    """Read the losses of batches [first, stop) (a sync point) and raise
+    TrainingDiverged naming the first non-finite one, followed by ``consequence``."""
+    bad = np.flatnonzero(~np.isfinite(batch_losses[first:stop].asnumpy()))
+    if bad.size:
+        raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1} at batch "
+                               f"{first + int(bad[0]) + 1}{consequence}")
 
 
 def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epochs, batch_size, seed=0,
@@ -159,12 +152,9 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
             last = b + 1 == len(batches)
             if (b + 1) % SYNC_EVERY == 0 or last:
                 # sync point, see SYNC_EVERY
-                bad = _first_non_finite(batch_losses[checked:b + 1].asnumpy())
-                if bad is not None:
-                    raise TrainingDiverged(
-                        f"non-finite training loss in epoch {epoch + 1} at batch {checked + bad + 1} "
-                        f"(lr {lr if lr is not None else optimizer.lr:g}); the learning rate is probably "
-                        f"too large or the weights too large at initialisation")
+                _raise_if_non_finite(batch_losses, checked, b + 1, epoch,
+                                     f" (lr {lr if lr is not None else optimizer.lr:g}); the learning rate is "
+                                     f"probably too large or the weights too large at initialisation")
                 checked = b + 1
                 if bar is not None:
                     bar.update(b + 1 - bar.n)
@@ -173,10 +163,7 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
             if stop_requested is not None and stop_requested() and not last:
                 position = dict(epoch=epoch, batch=b + 1, loss_sum=float(loss_sum.asscalar()),
                                 correct=float(correct.asscalar()), seen=seen, skipped=skipped)
-                bad = _first_non_finite(batch_losses[checked:b + 1].asnumpy())
-                if bad is not None:
-                    raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1} at batch "
-                                           f"{checked + bad + 1}; not saving an interrupted checkpoint")
+                _raise_if_non_finite(batch_losses, checked, b + 1, epoch, "; not saving an interrupted checkpoint")
                 if bar is not None:
                     bar.close()
                 if on_interrupt is not None:
