@@ -48,8 +48,11 @@ def run(out_dir, ctx, quick=False, log=print):
     os.makedirs(out_dir, exist_ok=True)
     scale_epochs = 0.1 if quick else 1.0
     ep = lambda n: max(1, int(n * scale_epochs))  # noqa: E731
-    dataset, source, small_train, small_test = tutorial_dataset(ctx, 6000, 1000)
-    _, _, full_train, full_test = tutorial_dataset(ctx, 6000 if quick else None, 1000 if quick else None)
+    dataset, source, full_train, full_test = tutorial_dataset(ctx, 6000 if quick else None,
+                                                              1000 if quick else None)
+    # (a)'s subset is the first 6000/1000 images: slices of the same device arrays, read once
+    small_train = (full_train[0][:6000], full_train[1][:6000])
+    small_test = (full_test[0][:1000], full_test[1][:1000])
     runs = {}
     a_sizes = (784, 200, 50, 10)
     runs["(a) N(0,1)*0.01, no BN"] = _train(a_sizes, "sigmoid", False, "normal", 0.01, SGD(lr=0.1), small_train,
