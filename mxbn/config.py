@@ -4,12 +4,14 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Optional, Tuple
 
+from .context import ContextError, parse_contexts
 from .data import DATASETS
 from .functional import BATCH_NORM_IMPLS
 from .init import INIT_NAMES
 from .optim import OPTIMIZERS
+from .parallel.kvstore import KVSTORE_TYPES
 
-__all__ = ["TrainConfig", "ConfigError", "LR_SCHEDULES", "GRAPHS", "RESUME_MAY_CHANGE"]
+__all__ = ["TrainConfig", "ConfigError", "LR_SCHEDULES", "GRAPHS", "RESUME_MAY_CHANGE", "KVSTORE_TYPES"]
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 GRAPHS = ("static", "imperative")
@@ -24,7 +26,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    ctx: str = "gpu"                    # tutorial: mx.gpu(); falls back to the CPU with a warning
+    ctx: str = "gpu"                    # tutorial: mx.gpu(); falls back to the CPU with a warning;
+                                        # "gpu:0,gpu:1": data-parallel over the listed devices
     dataset: str = "fashion-mnist"      # tutorial dataset
     data_dir: Optional[str] = None      # None: search path, then download
     epochs: int = 5                     # tutorial
@@ -49,6 +52,9 @@ class TrainConfig:
     max_shift: int = 2                  # pixels, with augment
     limit_train: Optional[int] = None   # first N training samples (quick runs)
     limit_test: Optional[int] = None
+    kvstore: Optional[str] = None       # None: "device" for several contexts, no kvstore for one;
+                                        # "dist_sync"/"dist_device_sync": one worker of several processes
+    bn_sync: bool = False               # BN statistics over the whole batch across this process's devices
 
     def validate(self):
         """Raise ConfigError for the first invalid option; returns self."""
@@ -58,6 +64,25 @@ class TrainConfig:
         _one_of("bn_impl", self.bn_impl, BATCH_NORM_IMPLS)
         _one_of("init", self.init, INIT_NAMES)
         _one_of("graph", self.graph, GRAPHS)
+        if self.kvstore is not None:
+            _one_of("kvstore", self.kvstore, KVSTORE_TYPES)
+        try:
+            devices = parse_contexts(self.ctx)
+        except ContextError as e:
+            raise ConfigError(str(e)) from None
+        if self.bn_sync:
+            if not self.use_bn:
+                raise ConfigError("bn_sync needs batch norm; it cannot be combined with --no-bn")
+            if len(devices) < 2:
+                raise ConfigError(f"bn_sync synchronizes the devices of one process, and ctx {self.ctx!r} names "
+                                  f"one; list several (e.g. --ctx gpu:0,gpu:1) or leave out --bn-sync")
+            if self.graph != "imperative":
+                raise ConfigError("bn_sync exchanges statistics between devices in the middle of the forward "
+                                  "pass, which one static graph per device cannot do; pass --graph imperative")
+        if len(devices) > 1 and devices[0][0] == "cpu" and self.bn_impl == "scratch":
+            # its statistics are GEMVs; MXNet's OpenBLAS hangs when two CPU contexts call it at once
+            raise ConfigError("bn_impl 'scratch' cannot run on several CPU contexts (its BLAS reductions "
+                              "would run concurrently, which hangs MXNet's OpenBLAS); use bn_impl 'fused'")
         if self.graph == "static" and self.bn_impl != "fused":
             raise ConfigError(f"bn_impl {self.bn_impl!r} runs only with graph 'imperative' (its custom backward "
                               f"is Python code a static graph cannot hold); pass --graph imperative")

@@ -11,7 +11,8 @@ import numpy as np
 import mxnet as mx
 from mxnet import nd
 
-__all__ = ["resolve_context", "parse_context", "probe_context", "ContextError"]
+__all__ = ["resolve_context", "resolve_contexts", "parse_context", "parse_contexts", "probe_context",
+           "ContextError"]
 
 
 class ContextError(ValueError):
@@ -27,6 +28,51 @@ def parse_context(spec):
     if not m:
         raise ContextError(f"--ctx must be cpu, gpu, cpu:N or gpu:N, got {spec!r}")
     return m.group(1), (int(m.group(2)) if m.group(2) is not None else None)
+
+
+def parse_contexts(spec):
+    """``"cpu:0,cpu:1"`` or ``"gpu:0,gpu:1,..."`` (or one context) -> list of (kind, index or None).
+
+    A list names every device explicitly: one kind, ``kind:N`` items, no repeats.
+    """
+    items = [t for t in str(spec).split(",")]
+    if len(items) == 1:
+        return [parse_context(spec)]
+    parsed = []
+    for item in items:
+        try:
+            kind, index = parse_context(item)
+        except ContextError:
+            raise ContextError(f"--ctx: {item.strip()!r} in {spec!r} is not a context; a list is "
+                               f"written like cpu:0,cpu:1 or gpu:0,gpu:1") from None
+        if index is None:
+            raise ContextError(f"--ctx {spec}: in a list every context needs its index "
+                               f"({kind}:N), got {item.strip()!r}")
+        parsed.append((kind, index))
+    kinds = {k for k, _ in parsed}
+    if len(kinds) > 1:
+        raise ContextError(f"--ctx {spec}: mixes CPU and GPU contexts; data-parallel training needs "
+                           f"devices of one kind")
+    seen = [i for _, i in parsed]
+    if len(set(seen)) != len(seen):
+        raise ContextError(f"--ctx {spec}: names a device more than once")
+    return parsed
+
+
+def resolve_contexts(spec, warn=print, num_gpus=None, probe=None):
+    """The list of contexts to train on, for one context or a comma-separated list.
+
+    One context resolves as :func:`resolve_context` (``gpu`` may fall back to
+    the CPU).  A list is explicit, so every GPU in it must exist and pass the
+    probe, else ``ContextError``; there is no partial fallback.
+    """
+    num_gpus = num_gpus or _num_gpus
+    probe = probe or probe_context
+    parsed = parse_contexts(spec)
+    if len(parsed) == 1:
+        return [resolve_context(spec, warn=warn, num_gpus=num_gpus, probe=probe)]
+    return [resolve_context(f"{kind}:{index}", warn=warn, num_gpus=num_gpus, probe=probe)
+            for kind, index in parsed]
 
 
 def _num_gpus():

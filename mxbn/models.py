@@ -8,8 +8,8 @@ no hidden state.  Names: ``conv1_weight``, ``bn1_gamma``, ``bn1_moving_mean``, .
 from . import functional as F
 from . import init as I
 
-__all__ = ["lenet_params", "lenet", "mlp_params", "mlp", "ACTIVATIONS", "min_train_batch_size",
-           "uses_batch_norm"]
+__all__ = ["lenet_params", "lenet", "lenet_conv", "lenet_pool", "lenet_head", "LENET_BLOCKS", "mlp_params",
+           "mlp", "ACTIVATIONS", "min_train_batch_size", "uses_batch_norm"]
 
 ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "tanh": F.tanh}
 
@@ -61,16 +61,36 @@ def _bn(params, state, prefix, X, is_training, bn_impl, bn_momentum):
                         momentum=bn_momentum, impl=bn_impl)
 
 
+# LeNet in three stages around its batch norms, so that a data-parallel forward
+# (mxbn.parallel) can run each stage on every device and synchronize the BN between.
+LENET_BLOCKS = (1, 2)
+
+
+def lenet_conv(params, i, H):
+    """Convolution of block ``i`` (before its batch norm)."""
+    return F.conv2d(H, params[f"conv{i}_weight"], params.get(f"conv{i}_bias"))
+
+
+def lenet_pool(H):
+    """What follows a block's (optional) batch norm: ReLU, then 2x2 max-pooling."""
+    return F.max_pool2d(F.relu(H), 2)
+
+
+def lenet_head(params, H):
+    """Dense 128 -> ReLU -> dense 10: the logits."""
+    H = F.relu(F.dense(H, params["fc1_weight"], params["fc1_bias"]))
+    return F.dense(H, params["fc2_weight"], params["fc2_bias"])
+
+
 def lenet(params, state, X, is_training, bn_impl="fused", bn_momentum=0.9):
     """Logits (N, 10) of LeNet for images X (N, 1, 28, 28). BN is used iff ``params`` has it."""
     H = X
-    for i in (1, 2):
-        H = F.conv2d(H, params[f"conv{i}_weight"], params.get(f"conv{i}_bias"))
+    for i in LENET_BLOCKS:
+        H = lenet_conv(params, i, H)
         if f"bn{i}_gamma" in params:
             H = _bn(params, state, f"bn{i}", H, is_training, bn_impl, bn_momentum)
-        H = F.max_pool2d(F.relu(H), 2)
-    H = F.relu(F.dense(H, params["fc1_weight"], params["fc1_bias"]))
-    return F.dense(H, params["fc2_weight"], params["fc2_bias"])
+        H = lenet_pool(H)
+    return lenet_head(params, H)
 
 
 def mlp_params(ctx, sizes, use_bn=False, init="he", seed=0, init_scale=I.DEFAULT_NORMAL_SCALE):

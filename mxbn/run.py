@@ -7,6 +7,7 @@ each atomically.
 """
 import csv
 import functools
+import hashlib
 import io
 import json
 import os
@@ -18,16 +19,18 @@ from .augment import random_flip_shift
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .compiled import CompiledLeNet
 from .config import ConfigError, TrainConfig
-from .context import resolve_context
+from .context import resolve_context, resolve_contexts
 from .data import load_dataset, to_device
 from .models import lenet, lenet_params, min_train_batch_size
 from .optim import make_optimizer
+from .parallel import (DataParallelStep, create_kvstore, fingerprint, is_distributed, lenet_across_devices,
+                       per_device, shard)
 from .plot import plot_history
 from .seeding import seed_everything
 from .train import evaluate, fit
 
-__all__ = ["train_cnn", "eval_checkpoint", "prepare_out_dir", "make_lr_schedule", "RUN_FILES",
-           "OutDirError"]
+__all__ = ["train_cnn", "eval_checkpoint", "prepare_out_dir", "make_lr_schedule",
+           "RUN_FILES", "OutDirError"]
 
 CHECKPOINT = "checkpoint.params"
 METRICS = "metrics.json"
@@ -106,11 +109,11 @@ def _history_csv(history):
     return buf.getvalue()
 
 
-def _write_results(out_dir, config, dataset, ctx, history):
+def _write_results(out_dir, config, dataset, ctx, history, workers=1):
     best = max(history, key=lambda h: h["test_acc"])
     metrics = dict(
         mxbn_version=__version__, config=config.to_dict(), dataset=dataset.name, data_source=dataset.source,
-        context=str(ctx), threads=_runtime.thread_settings(), history=history,
+        context=str(ctx), workers=workers, threads=_runtime.thread_settings(), history=history,
         final=dict(epoch=history[-1]["epoch"], test_acc=history[-1]["test_acc"],
                    test_loss=history[-1]["test_loss"], train_acc=history[-1]["train_acc"]),
         best=dict(epoch=best["epoch"], test_acc=best["test_acc"]))
@@ -121,14 +124,18 @@ def _write_results(out_dir, config, dataset, ctx, history):
     return metrics
 
 
-def _build(config, ctx, log):
-    """Data on the device, model, optimizer and schedule for ``config``."""
+def _build(config, ctx, log, rank=0, workers=1):
+    """Data on the device (worker ``rank``'s share of the training set), model, optimizer and schedule."""
     dataset = load_dataset(config.dataset, config.data_dir)
-    n_train = min(config.limit_train or len(dataset.train_labels), len(dataset.train_labels))
-    if config.batch_size > n_train:
+    images, labels = dataset.train_images[:config.limit_train], dataset.train_labels[:config.limit_train]
+    if workers > 1:
+        images, labels, left_out = shard(images, labels, rank, workers)
+        log(f"worker {rank} of {workers}: training samples {rank * len(labels)}..{(rank + 1) * len(labels) - 1}"
+            + (f" ({left_out} left out so that every worker has as many)" if left_out else ""))
+    if config.batch_size > len(labels):
         raise ConfigError(f"batch_size {config.batch_size} is larger than the training set "
-                          f"({n_train} samples)")
-    train = to_device(dataset.train_images, dataset.train_labels, ctx, config.limit_train)
+                          f"({len(labels)} samples{' per worker' if workers > 1 else ''})")
+    train = to_device(images, labels, ctx)
     test = to_device(dataset.test_images, dataset.test_labels, ctx, config.limit_test)
     params, state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=config.seed,
                                  init_scale=config.init_scale)
@@ -177,21 +184,52 @@ class _StopFlag:
         return False
 
 
+def _parallel(config, log):
+    """(contexts, kvstore or None, rank, number of workers) for ``config``."""
+    contexts = resolve_contexts(config.ctx, warn=log)
+    kind = config.kvstore or ("device" if len(contexts) > 1 else None)
+    if kind is None:
+        return contexts, None, 0, 1
+    kv = create_kvstore(kind)
+    if is_distributed(kind):
+        return contexts, kv, kv.rank, kv.num_workers
+    return contexts, kv, 0, 1
+
+
 def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_nan="stop", log=print):
     """Train the LeNet described by ``config``; returns the metrics dict written to metrics.json.
 
     SIGINT/SIGTERM finish the batch in flight, write a resumable checkpoint and
     raise TrainingInterrupted.  A non-finite loss raises TrainingDiverged and
     leaves the last epoch's checkpoint and metrics as they were.
+
+    With several contexts the batch is split over them (``mxbn.parallel``);
+    with a ``dist_*`` kvstore this process is one worker of several: it trains
+    on its share of the data, and only worker 0 writes files (every worker
+    reads the checkpoint on ``resume``).
     """
     config = config.validate()
-    prepare_out_dir(out_dir, resume, overwrite)
+    if is_distributed(config.kvstore) and on_nan == "skip":
+        raise ConfigError("--on-nan skip cannot be used with a distributed kvstore: a worker skipping a batch "
+                          "alone would leave the others waiting for its gradients")
+    contexts, kv, rank, workers = _parallel(config, log)
+    primary = rank == 0
+    if not primary:
+        log = _prefixed(log, f"[worker {rank}] ")
+    ctx, devices = contexts[0], ",".join(map(str, contexts))
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    if primary:
+        prepare_out_dir(out_dir, resume, overwrite)
+    elif resume and not os.path.exists(ckpt_path):
+        raise OutDirError(f"--resume: worker {rank} cannot read {ckpt_path}; every worker needs the checkpoint")
     log("config: " + json.dumps(config.to_dict(), sort_keys=True))
     log(f"threads: {_runtime.thread_settings()['in_force']}")
-    ctx = resolve_context(config.ctx, warn=log)
+    if kv is not None:
+        log(f"data parallel: {len(contexts)} device(s) {', '.join(map(str, contexts))}, kvstore {kv.type}"
+            + (f", worker {rank} of {workers}" if workers > 1 else "")
+            + (", batch norm synchronized across devices" if config.bn_sync else ""))
     seed_everything(config.seed)
-    dataset, train, test, params, state, optimizer, schedule = _build(config, ctx, log)
+    dataset, train, test, params, state, optimizer, schedule = _build(config, ctx, log, rank, workers)
     opt_state = optimizer.init(params)
     start, history = None, []
     if resume:
@@ -209,7 +247,8 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
         log(f"resuming from {ckpt_path} at epoch {start['epoch'] + 1}, batch {start['batch'] + 1}")
         if start["epoch"] >= config.epochs:
             log(f"nothing to do: the checkpoint has {start['epoch']} epoch(s), --epochs is {config.epochs}")
-    atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
+    if primary:
+        atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
 
     def save(position, hist):
         meta = dict(mxbn_version=__version__, config=config.to_dict(), position=position, history=hist,
@@ -217,29 +256,51 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
         save_checkpoint(ckpt_path, params, state, opt_state, meta)
 
     def on_epoch_end(epoch, hist):
-        save(dict(epoch=epoch, batch=0), hist)
-        _write_results(out_dir, config, dataset, ctx, hist)
+        if primary:
+            save(dict(epoch=epoch, batch=0), hist)
+            _write_results(out_dir, config, dataset, devices, hist, workers)
 
     def on_interrupt(position, hist):
-        save(position, hist)
+        if primary:
+            save(position, hist)
         log(f"interrupted in epoch {position['epoch'] + 1} after batch {position['batch']}: checkpoint "
-            f"written to {ckpt_path}; continue with the same command and --resume")
+            f"{'written to' if primary else 'written by worker 0 to'} {ckpt_path}; continue with the same "
+            f"command and --resume")
 
     net = make_net(config)
+    step = None
+    if kv is not None:
+        forward = (functools.partial(lenet_across_devices, bn_momentum=config.bn_momentum) if config.bn_sync
+                   else per_device(net))
+        step = DataParallelStep(forward, contexts, params, state, optimizer, opt_state, kv,
+                                stats_synchronized=config.bn_sync)
     augment = (functools.partial(random_flip_shift, max_shift=config.max_shift) if config.augment else None)
+    # each device's slice needs the batch statistics' minimum
+    min_batch = len(contexts) * min_train_batch_size(params, dense_bn=False)
     with _StopFlag() as stop:
         history = fit(net, params, state, optimizer, opt_state, train, test, config.epochs, config.batch_size,
-                      seed=config.seed, lr_schedule=schedule, augment=augment,
-                      min_batch_size=min_train_batch_size(params, dense_bn=False), start=start,
-                      history=history, on_epoch_end=on_epoch_end, on_interrupt=on_interrupt,
-                      stop_requested=stop, on_nan=on_nan, progress=progress, log=log)
-    metrics = _write_results(out_dir, config, dataset, ctx, history)
-    final = metrics["final"]
+                      seed=config.seed, lr_schedule=schedule, augment=augment, min_batch_size=min_batch,
+                      start=start, history=history, on_epoch_end=on_epoch_end, on_interrupt=on_interrupt,
+                      stop_requested=stop, on_nan=on_nan, progress=progress and primary, log=log, step=step)
     total = sum(h["seconds"] for h in history)
+    if kv is not None:
+        # equal fingerprints in every worker's log show that the copies stayed identical
+        same = step.replicas_identical()
+        log(f"parameters sha1 {fingerprint(params)}" + (
+            "" if len(contexts) == 1 else f", the same on all {len(contexts)} devices" if same
+            else ", but the devices' copies DIFFER"))
+    if not primary:
+        return None
+    metrics = _write_results(out_dir, config, dataset, devices, history, workers)
+    final = metrics["final"]
     log(f"done: {len(history)} epochs, final test accuracy {final['test_acc']:.4f} "
         f"(best {metrics['best']['test_acc']:.4f} at epoch {metrics['best']['epoch']}), "
         f"{total:.1f} s in all; results in {out_dir}")
     return metrics
+
+
+def _prefixed(log, prefix):
+    return lambda message: log(prefix + message)
 
 
 def eval_checkpoint(path, ctx_spec="gpu", data_dir=None, log=print):

@@ -17,7 +17,7 @@ from . import functional as F
 from .data import epoch_batches
 from .seeding import augment_rng, epoch_seed, shuffle_rng
 
-__all__ = ["fit", "evaluate", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["fit", "evaluate", "SingleDeviceStep", "TrainingDiverged", "TrainingInterrupted"]
 
 # Batches between two reads of the running metrics.  Reading is a host-device
 # sync point; without any, Python would queue the whole epoch on MXNet's
@@ -54,18 +54,50 @@ def evaluate(net, params, state, X, y, batch_size):
     return loss_sum.asscalar() / n, correct.asscalar() / n
 
 
-def _raise_if_non_finite(batch_losses, first, stop, epoch, consequence):
-    """Read the losses of batches [first, stop) (a sync point) and raise
-    TrainingDiverged naming the first non-finite one, followed by ``consequence``."""
+def _first_non_finite(batch_losses, first, stop):
+    """Index of the first non-finite loss among batches [first, stop), or None (a sync point)."""
     bad = np.flatnonzero(~np.isfinite(batch_losses[first:stop].asnumpy()))
-    if bad.size:
-        raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1} at batch "
-                               f"{first + int(bad[0]) + 1}{consequence}")
+    return first + int(bad[0]) if bad.size else None
+
+
+def _diverged(epoch, batch, consequence):
+    return TrainingDiverged(f"non-finite training loss in epoch {epoch + 1} at batch {batch + 1}{consequence}")
+
+
+class SingleDeviceStep:
+    """A training step on one device: record -> loss -> backward, then the optimizer's update.
+
+    ``fit`` drives a step object through ``seed_epoch``, ``forward_backward``
+    and ``apply``; ``mxbn.parallel.DataParallelStep`` is the several-device one.
+    """
+    # several processes that must agree on stopping (see DataParallelStep)
+    collective = False
+
+    def __init__(self, net, params, state, optimizer, opt_state):
+        self.net, self.params, self.state = net, params, state
+        self.optimizer, self.opt_state = optimizer, opt_state
+        for p in params.values():
+            p.attach_grad()
+
+    def seed_epoch(self, value):
+        mx.random.seed(value, ctx=next(iter(self.params.values())).context)
+
+    def forward_backward(self, X, y):
+        """(mean loss, correct count) of the batch, both (1,) arrays on the device; gradients in place."""
+        with autograd.record():
+            logits = self.net(self.params, self.state, X, True)
+            loss = F.softmax_cross_entropy(logits, y)
+        loss.backward()
+        return loss.detach(), F.correct_count(logits.detach(), y)
+
+    def apply(self, lr):
+        self.optimizer.update(self.params, {k: p.grad for k, p in self.params.items()}, self.opt_state, lr=lr)
 
 
 def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epochs, batch_size, seed=0,
         lr_schedule=None, augment=None, min_batch_size=1, start=None, history=None, on_epoch_end=None,
-        on_interrupt=None, stop_requested=None, on_nan="stop", max_skipped=10, progress=False, log=print):
+        on_interrupt=None, stop_requested=None, on_nan="stop", max_skipped=10, progress=False, log=print,
+        step=None):
     """Train ``net`` in place and return the history (a list of per-epoch dicts).
 
     Parameters
@@ -89,25 +121,31 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
     on_epoch_end : callable(epoch, history) -- e.g. write a checkpoint
     on_interrupt : callable(position, history) -- called when ``stop_requested()`` turns true,
         after the batch in flight; then TrainingInterrupted is raised
-    stop_requested : callable() -> bool, checked after every batch (a Python flag, no device sync)
+    stop_requested : callable() -> bool, checked after every batch (a Python flag, no device sync);
+        with a collective ``step``, at the sync points only, and agreed among the processes
     on_nan : "stop" or "skip" -- a non-finite loss stops training (TrainingDiverged), or the batch
         is not applied and counted ("skip" reads each loss before its update: one sync per batch)
     max_skipped : int -- with "skip", more skipped batches than this in an epoch stop training
     progress : bool -- tqdm progress bar with running loss/accuracy
     log : callable(str) -- where the per-epoch line goes
+    step : the training step, or None for ``SingleDeviceStep(net, params, state, optimizer, opt_state)``;
+        ``mxbn.parallel.DataParallelStep`` trains on several devices (``params``/``state`` are then
+        its first replica, which evaluation reads)
     """
     if on_nan not in ("stop", "skip"):
         raise ValueError(f"on_nan must be 'stop' or 'skip', got {on_nan!r}")
+    step = step or SingleDeviceStep(net, params, state, optimizer, opt_state)
+    if on_nan == "skip" and step.collective:
+        raise ValueError("on_nan='skip' cannot be used across processes: a worker skipping a batch alone "
+                         "would leave the others waiting for its gradients")
     history = list(history or [])
     start = dict(start or {"epoch": len(history), "batch": 0})
     X_train, y_train = train_data
     X_test, y_test = test_data
     ctx = X_train.context
-    for p in params.values():
-        p.attach_grad()
     for epoch in range(start["epoch"], num_epochs):
         resume_here = epoch == start["epoch"] and start["batch"] > 0
-        mx.random.seed(epoch_seed(seed, epoch), ctx=ctx)
+        step.seed_epoch(epoch_seed(seed, epoch))
         t0 = time.perf_counter()
         batches, dropped = epoch_batches(X_train, y_train, batch_size, shuffle_rng(seed, epoch), min_batch_size)
         if dropped:
@@ -130,10 +168,7 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
             X, y = batches[b]
             if augment is not None:
                 X = augment(X, augment_rng(seed, epoch, b))
-            with autograd.record():
-                logits = net(params, state, X, True)
-                loss = F.softmax_cross_entropy(logits, y)
-            loss.backward()
+            loss, batch_correct = step.forward_backward(X, y)
             if on_nan == "skip" and not math.isfinite(loss.asscalar()):  # per-batch sync, by request
                 skipped += 1
                 log(f"warning: epoch {epoch + 1} batch {b + 1}: non-finite loss, batch skipped "
@@ -144,26 +179,37 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
                 batch_losses[b] = 0.0
                 continue
             lr = lr_schedule(iteration + b) if lr_schedule is not None else None
-            optimizer.update(params, {k: p.grad for k, p in params.items()}, opt_state, lr=lr)
-            batch_losses[b] = loss.detach()
-            loss_sum += loss.detach() * X.shape[0]
-            correct += F.correct_count(logits.detach(), y)
+            step.apply(lr)
+            batch_losses[b] = loss
+            loss_sum += loss * X.shape[0]
+            correct += batch_correct
             seen += X.shape[0]
             last = b + 1 == len(batches)
-            if (b + 1) % SYNC_EVERY == 0 or last:
-                # sync point, see SYNC_EVERY
-                _raise_if_non_finite(batch_losses, checked, b + 1, epoch,
-                                     f" (lr {lr if lr is not None else optimizer.lr:g}); the learning rate is "
-                                     f"probably too large or the weights too large at initialisation")
+            at_sync = (b + 1) % SYNC_EVERY == 0 or last
+            bad = None
+            if at_sync:  # sync point, see SYNC_EVERY
+                bad = _first_non_finite(batch_losses, checked, b + 1)
                 checked = b + 1
-                if bar is not None:
-                    bar.update(b + 1 - bar.n)
-                    bar.set_postfix(loss=f"{loss_sum.asscalar() / max(seen, 1):.4f}",
-                                    acc=f"{correct.asscalar() / max(seen, 1):.4f}")
-            if stop_requested is not None and stop_requested() and not last:
+            stop = stop_requested is not None and (at_sync or not step.collective) and stop_requested()
+            if at_sync and step.collective:
+                # every process must take the same branch, or one waits forever for the others
+                any_bad, stop = step.agree([bad is not None, stop])
+                if any_bad and bad is None:
+                    raise TrainingDiverged(f"non-finite training loss on another worker in epoch {epoch + 1} "
+                                           f"by batch {b + 1}")
+            if bad is not None:
+                raise _diverged(epoch, bad, f" (lr {lr if lr is not None else optimizer.lr:g}); the learning "
+                                f"rate is probably too large or the weights too large at initialisation")
+            if at_sync and bar is not None:
+                bar.update(b + 1 - bar.n)
+                bar.set_postfix(loss=f"{loss_sum.asscalar() / max(seen, 1):.4f}",
+                                acc=f"{correct.asscalar() / max(seen, 1):.4f}")
+            if stop and not last:
                 position = dict(epoch=epoch, batch=b + 1, loss_sum=float(loss_sum.asscalar()),
                                 correct=float(correct.asscalar()), seen=seen, skipped=skipped)
-                _raise_if_non_finite(batch_losses, checked, b + 1, epoch, "; not saving an interrupted checkpoint")
+                bad = _first_non_finite(batch_losses, checked, b + 1)
+                if bad is not None:
+                    raise _diverged(epoch, bad, "; not saving an interrupted checkpoint")
                 if bar is not None:
                     bar.close()
                 if on_interrupt is not None:

@@ -13,9 +13,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import mxbn  # noqa: E402  (prepares numpy/threads before mxnet loads)
 from mxbn.checkpoint import CheckpointError  # noqa: E402
-from mxbn.config import GRAPHS, LR_SCHEDULES, ConfigError, TrainConfig  # noqa: E402
+from mxbn.config import GRAPHS, KVSTORE_TYPES, LR_SCHEDULES, ConfigError, TrainConfig  # noqa: E402
 from mxbn.context import ContextError  # noqa: E402
 from mxbn.data import DATASETS, DataError  # noqa: E402
+from mxbn.parallel import KVStoreError  # noqa: E402
 from mxbn.optim import OPTIMIZERS  # noqa: E402
 from mxbn.run import eval_checkpoint, train_cnn  # noqa: E402
 from mxbn.train import TrainingDiverged, TrainingInterrupted  # noqa: E402
@@ -32,7 +33,16 @@ def int_list(text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ctx", default=D.ctx, help="gpu (falls back to the CPU with a warning), gpu:N, cpu")
+    p.add_argument("--ctx", default=D.ctx,
+                   help="gpu (falls back to the CPU with a warning), gpu:N, cpu, or a list such as gpu:0,gpu:1 "
+                        "(data parallel: each batch is split over the devices)")
+    p.add_argument("--kvstore", default=D.kvstore, choices=KVSTORE_TYPES,
+                   help="how gradients are summed: device/local within this process (default device for "
+                        "several contexts); dist_sync/dist_device_sync across worker processes started by "
+                        "scripts/launch_local.py or by hand (see README)")
+    p.add_argument("--bn-sync", action="store_true",
+                   help="batch-norm statistics over the whole batch across this process's devices "
+                        "(needs several contexts and --graph imperative)")
     p.add_argument("--dataset", default=D.dataset, choices=sorted(DATASETS))
     p.add_argument("--data-dir", default=D.data_dir,
                    help="folder with the four idx files; else $MXBN_DATA_DIR, MXNet's cache, "
@@ -81,7 +91,7 @@ def config_from_args(args):
         momentum=args.momentum, weight_decay=args.weight_decay, use_bn=not args.no_bn,
         bn_momentum=args.bn_momentum, bn_impl=args.bn_impl, graph=args.graph, init=args.init, init_scale=args.init_scale,
         seed=args.seed, augment=args.augment, max_shift=args.max_shift, limit_train=args.limit_train,
-        limit_test=args.limit_test)
+        limit_test=args.limit_test, kvstore=args.kvstore, bn_sync=args.bn_sync)
 
 
 def main(argv=None):
@@ -93,7 +103,7 @@ def main(argv=None):
         config = config_from_args(args).validate()
         train_cnn(config, args.out, resume=args.resume, overwrite=args.overwrite, on_nan=args.on_nan,
                   progress=not args.no_progress and sys.stderr.isatty())
-    except (ConfigError, ContextError) as e:
+    except (ConfigError, ContextError, KVStoreError) as e:
         parser.error(str(e))  # usage error: exit code 2
     except (DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
