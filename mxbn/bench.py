@@ -31,7 +31,9 @@ __all__ = ["run_bench", "OP_SHAPES", "MODEL_VARIANTS", "format_table"]
 
 # LeNet's activations at batch 128 and a 2-D (dense) case.
 OP_SHAPES = [(128, 20, 24, 24), (128, 50, 10, 10), (128, 128)]
-MODEL_VARIANTS = ["mxbn-static", "mxbn-fused", "mxbn-scratch", "nd.BatchNorm", "gluon-hybrid", "no-bn", "torch-eager"]
+# "-2dev": data parallel over two devices of the kind (cpu:0,cpu:1 on a CPU), the batch split in halves
+MODEL_VARIANTS = ["mxbn-static", "mxbn-fused", "mxbn-scratch", "nd.BatchNorm", "gluon-hybrid", "no-bn",
+                  "mxbn-static-2dev", "mxbn-sync-2dev", "torch-eager"]
 MXNET_VARIANTS = MODEL_VARIANTS[:-1]
 HEADLINE = "gluon-hybrid"
 TRAIN_IMAGES = 60000  # Fashion-MNIST training set, for seconds per epoch
@@ -170,6 +172,28 @@ def _time_steps(step, batches, steps, warmup):
     return time.perf_counter() - t0
 
 
+def _time_data_parallel(ctx, variant, batches, lr, steps, warmup):
+    """mxbn-static per device (BN per slice) or the synchronized-BN LeNet, on two devices of ctx's kind."""
+    from .compiled import CompiledLeNet
+    from .optim import SGD
+    from .parallel import DataParallelStep, create_kvstore, lenet_across_devices, per_device
+    make = mx.gpu if ctx.device_type == "gpu" else mx.cpu
+    if ctx.device_type == "gpu" and mx.context.num_gpus() < 2:
+        raise RuntimeError("needs two GPUs")
+    params, state = lenet_params(make(0), seed=0)
+    opt = SGD(lr=lr)
+    synced = variant == "mxbn-sync-2dev"
+    forward = lenet_across_devices if synced else per_device(CompiledLeNet())
+    dp = DataParallelStep(forward, [make(0), make(1)], params, state, opt, opt.init(params),
+                          create_kvstore("device"), stats_synchronized=synced)
+
+    def step(X, y):
+        dp.forward_backward(X, y)
+        dp.apply(None)
+
+    return _time_steps(step, batches, steps, warmup)
+
+
 def _gluon_lenet():
     from mxnet.gluon import nn
     net = nn.HybridSequential()
@@ -204,6 +228,8 @@ def model_child(variant, ctx_spec, batch_size, steps, warmup):
     batches = _synthetic_batches(ctx, batch_size, count=4)
     if variant == "gluon-hybrid":
         seconds = _time_gluon(ctx, batches, batch_size, lr, steps, warmup)
+    elif variant.endswith("-2dev"):
+        seconds = _time_data_parallel(ctx, variant, batches, lr, steps, warmup)
     else:
         params, state = lenet_params(ctx, use_bn=variant != "no-bn", seed=0)
         if variant == "nd.BatchNorm":

@@ -157,6 +157,7 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
         loss_sum = nd.array([start["loss_sum"] if resume_here else 0.0], ctx=ctx)
         correct = nd.array([start["correct"] if resume_here else 0.0], ctx=ctx)
         seen = start["seen"] if resume_here else 0
+        seen_before = seen  # samples of a resumed epoch trained before the interruption
         skipped = start.get("skipped", 0) if resume_here else 0
         # Each batch's loss is copied into this device array (no sync), so a
         # non-finite loss found at the next sync point is located exactly.
@@ -225,7 +226,8 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
         seconds = time.perf_counter() - t0
         record = dict(epoch=epoch + 1, lr=float(lr if lr is not None else optimizer.lr),
                       train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
-                      seconds=seconds, train_seconds=train_seconds, images_per_sec=seen / train_seconds,
+                      seconds=seconds, train_seconds=train_seconds,
+                      images_per_sec=(seen - seen_before) / train_seconds,
                       samples=seen, dropped=dropped, skipped=skipped, resumed_at_batch=first)
         history.append(record)
         log(f"epoch {epoch + 1}/{num_epochs}  lr {record['lr']:.4g}  train loss {train_loss:.4f} "
