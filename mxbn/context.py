@@ -35,7 +35,7 @@ def parse_contexts(spec):
 
     A list names every device explicitly: one kind, ``kind:N`` items, no repeats.
     """
-    items = [t for t in str(spec).split(",")]
+    items = str(spec).split(",")
     if len(items) == 1:
         return [parse_context(spec)]
     parsed = []

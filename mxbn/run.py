@@ -7,7 +7,6 @@ each atomically.
 """
 import csv
 import functools
-import hashlib
 import io
 import json
 import os
@@ -191,9 +190,8 @@ def _parallel(config, log):
     if kind is None:
         return contexts, None, 0, 1
     kv = create_kvstore(kind)
-    if is_distributed(kind):
-        return contexts, kv, kv.rank, kv.num_workers
-    return contexts, kv, 0, 1
+    rank, workers = (kv.rank, kv.num_workers) if is_distributed(kind) else (0, 1)
+    return contexts, kv, rank, workers
 
 
 def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_nan="stop", log=print):
@@ -225,7 +223,7 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
     log("config: " + json.dumps(config.to_dict(), sort_keys=True))
     log(f"threads: {_runtime.thread_settings()['in_force']}")
     if kv is not None:
-        log(f"data parallel: {len(contexts)} device(s) {', '.join(map(str, contexts))}, kvstore {kv.type}"
+        log(f"data parallel: {len(contexts)} device(s) {devices}, kvstore {kv.type}"
             + (f", worker {rank} of {workers}" if workers > 1 else "")
             + (", batch norm synchronized across devices" if config.bn_sync else ""))
     seed_everything(config.seed)

@@ -102,7 +102,6 @@ class DataParallelStep:
         self.opt_states = _replicate_opt_state(opt_state, self.contexts)
         self.collective = is_distributed(kvstore.type)
         self.num_workers = kvstore.num_workers if self.collective else 1
-        self.rank = kvstore.rank if self.collective else 0
         # identical statistics on every replica need no averaging
         self.average_stats = bool(state) and not (stats_synchronized and self.num_workers == 1)
         self.replicas = len(self.contexts) * self.num_workers
