@@ -14,7 +14,7 @@ from .functional import (  # noqa: E402
 )
 from . import init, optim  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "batch_norm", "conv2d", "max_pool2d", "avg_pool2d", "dense", "flatten", "relu",

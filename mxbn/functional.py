@@ -11,9 +11,11 @@ import numbers
 import numpy as np
 from mxnet import autograd, nd
 
+from .custom_function import Function
+
 # MXNet registers its engine shutdown with atexit when it is imported; handlers
 # run last-in first-out, so this one runs just before it.  Without draining the
-# engine first, a process whose last graph went through an autograd.Function
+# engine first, a process whose last graph went through a custom Function
 # (the "scratch" batch_norm) can hang forever in MXNotifyShutdown's WaitForAll.
 atexit.register(nd.waitall)
 
@@ -71,7 +73,9 @@ def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
         Added to the variance before the square root.  Note ``mx.nd.BatchNorm``'s
         own default is 1e-3.
     axis : int, default 1
-        The channel axis; negative values count from the end.
+        The channel axis; negative values count from the end.  Any axis is
+        accepted, as by MXNet's operator; ``axis=0`` normalizes each row over
+        all other axes (the rows are then the channels).
     impl : {"fused", "scratch"}, default "fused"
         How the training-mode arithmetic is done; both give the same numbers.
         "fused" runs MXNet's fused BatchNorm kernel for the arithmetic (fed
@@ -155,10 +159,6 @@ def _check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari
         raise ValueError(f"batch_norm: axis must be an integer in [{-X.ndim}, {X.ndim - 1}] "
                          f"for X of shape {X.shape}, got {axis!r}")
     ax = int(axis) % X.ndim
-    if ax == 0:
-        # Axis 0 is the batch axis in every layout this op serves; normalising
-        # "over the batch of one channel" is almost always a transposed input.
-        raise ValueError(f"batch_norm: axis must not be 0 (the batch axis); X has shape {X.shape}")
     x_dtype = _dtype_name(X.dtype)
     if x_dtype not in _STAT_DTYPE:
         raise TypeError(f"batch_norm: X has dtype {x_dtype}, expected float16, float32 or float64")
@@ -224,7 +224,7 @@ def _per_channel_sum(X3, ones_pre, ones_post):
     return nd.dot(ones_pre, X3.reshape((pre, C)))
 
 
-class _ScratchBatchNorm(autograd.Function):
+class _ScratchBatchNorm(Function):
     """Training-mode BN from primitives with the analytic backward.
 
     forward:  mean = sum(X)/m,  xc = X - mean,  var = sum(xc^2)/m   (two passes)
@@ -260,20 +260,20 @@ class _ScratchBatchNorm(autograd.Function):
 
     def backward(self, dY3):
         xc, invstd, scale, ones_pre, ones_post = self.saved_tensors
-        # MXNet keeps every Function object alive in a registry after its
-        # backward ran; drop the activations now so they do not accumulate.
-        self.saved_tensors = ()
         pre, C, post = xc.shape
         m = pre * post
+        need_dX, need_dgamma, need_dbeta = self.needs_input_grad
         sum_dy = _per_channel_sum(dY3, ones_pre, ones_post)           # dbeta, (1, C)
         sum_dy_xc = _per_channel_sum(dY3 * xc, ones_pre, ones_post)   # (1, C)
-        k_xc = -(scale * nd.square(invstd) * sum_dy_xc / m).reshape((1, C, 1))
-        k_0 = -(scale * sum_dy / m).reshape((1, C, 1))
-        dX3 = nd.broadcast_add(
-            nd.broadcast_add(nd.broadcast_mul(dY3, scale.reshape((1, C, 1))),
-                             nd.broadcast_mul(xc, k_xc)), k_0)
-        dgamma = (invstd * sum_dy_xc).reshape((C,))
-        dbeta = sum_dy.reshape((C,))
+        dX3 = None
+        if need_dX:  # e.g. not for BN on the input of a net, or on frozen features
+            k_xc = -(scale * nd.square(invstd) * sum_dy_xc / m).reshape((1, C, 1))
+            k_0 = -(scale * sum_dy / m).reshape((1, C, 1))
+            dX3 = nd.broadcast_add(
+                nd.broadcast_add(nd.broadcast_mul(dY3, scale.reshape((1, C, 1))),
+                                 nd.broadcast_mul(xc, k_xc)), k_0)
+        dgamma = (invstd * sum_dy_xc).reshape((C,)) if need_dgamma else None
+        dbeta = sum_dy.reshape((C,)) if need_dbeta else None
         return dX3, dgamma, dbeta
 
 

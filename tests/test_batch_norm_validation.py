@@ -25,7 +25,7 @@ def args(shape=(4, 3, 2, 2), C=None, dtype="float32"):
     (dict(eps=0.0), ValueError, r"eps must be a number > 0"),
     (dict(eps=-1e-5), ValueError, r"eps"),
     (dict(axis=4), ValueError, r"axis must be an integer in \[-4, 3\]"),
-    (dict(axis=0), ValueError, r"axis must not be 0"),
+    (dict(axis=-5), ValueError, r"axis must be an integer in \[-4, 3\]"),
     (dict(X=np.ones((4, 3))), TypeError, r"X must be an mxnet NDArray, got ndarray"),
     (dict(gamma=[1.0, 1.0, 1.0]), TypeError, r"gamma must be an mxnet NDArray"),
     (dict(X=nd.ones((4, 3, 2, 2), dtype="int32")), TypeError, r"X has dtype int32"),
@@ -49,17 +49,19 @@ def test_arrays_on_different_contexts_are_rejected(impl):
 
 
 @pytest.mark.parametrize("impl", mxbn.BATCH_NORM_IMPLS)
-@pytest.mark.parametrize("shape", [(1, 3), (1, 3, 1, 1), (1, 3, 1)])
-def test_single_value_per_channel_training_batch_raises_and_keeps_state(impl, shape):
-    C = shape[1]
+@pytest.mark.parametrize("shape,axis", [((1, 3), 1), ((1, 3, 1, 1), 1), ((1, 3, 1), 1),
+                                        # axis 0: the channels are the rows, one value each
+                                        ((4, 1), 0), ((3, 1, 1), 0)])
+def test_single_value_per_channel_training_batch_raises_and_keeps_state(impl, shape, axis):
+    C = shape[axis]
     mm, mv = nd.array(np.arange(C, dtype="f4")), nd.array(np.arange(C, dtype="f4") + 1)
     X = nd.array(np.random.RandomState(0).normal(size=shape))
     with pytest.raises(ValueError, match=r"at least 2 values per channel.*moving statistics were not updated"):
-        mxbn.batch_norm(X, nd.ones(C), nd.zeros(C), True, mm, mv, impl=impl)
+        mxbn.batch_norm(X, nd.ones(C), nd.zeros(C), True, mm, mv, axis=axis, impl=impl)
     np.testing.assert_array_equal(mm.asnumpy(), np.arange(C))
     np.testing.assert_array_equal(mv.asnumpy(), np.arange(C) + 1)
     # the same batch is fine in inference
-    mxbn.batch_norm(X, nd.ones(C), nd.zeros(C), False, mm, mv, impl=impl).wait_to_read()
+    mxbn.batch_norm(X, nd.ones(C), nd.zeros(C), False, mm, mv, axis=axis, impl=impl).wait_to_read()
 
 
 def test_help_shows_the_conventions():

@@ -14,16 +14,17 @@ moments are combined on the first device with Chan et al.'s parallel formula
 
 which keeps the two-pass accuracy of the single-device op (no E[x^2] - E[x]^2
 cancellation).  The global mean and variance are copied back and every device
-normalizes its slice.  The two per-device steps are ``autograd.Function``s
+normalizes its slice.  The two per-device steps are :class:`mxbn.custom_function.Function`s
 with analytic backwards; the exchange between them is made of ordinary
 recorded ops and MXNet's differentiable cross-device copy, so the backward
 pass exchanges the per-channel gradient sums the same way, in reverse.  Every
 op runs on one device: nothing here assumes the devices share memory.
 """
 
-from mxnet import autograd, nd
+from mxnet import nd
 
 from .. import functional as F
+from ..custom_function import Function
 from ..functional import _check_batch_norm_args, _three_d_shape, _update_moving_stats
 
 __all__ = ["sync_batch_norm"]
@@ -40,7 +41,7 @@ def _channel_sum(X3):
     return nd.sum(X3, axis=(0, 2))
 
 
-class _LocalMoments(autograd.Function):
+class _LocalMoments(Function):
     """(pre, C, post) slice -> per-channel (mean, M2) over pre and post.
 
     backward: d mean/dX = 1/n,  d M2/dX = 2 (X - mean)  (the mean's own
@@ -56,13 +57,12 @@ class _LocalMoments(autograd.Function):
 
     def backward(self, d_mean, d_m2):
         (xc,) = self.saved_tensors
-        self.saved_tensors = ()  # MXNet keeps Function objects alive; free the activations now
         pre, C, post = xc.shape
         return nd.broadcast_add(nd.broadcast_mul(xc, (2.0 * d_m2).reshape((1, C, 1))),
                                 (d_mean / (pre * post)).reshape((1, C, 1)))
 
 
-class _NormalizeWithStats(autograd.Function):
+class _NormalizeWithStats(Function):
     """Y = (X - mean) * gamma / sqrt(var + eps) + beta with mean and var as inputs.
 
     backward, with invstd = 1/sqrt(var + eps), scale = gamma * invstd, xc = X - mean:
@@ -85,14 +85,15 @@ class _NormalizeWithStats(autograd.Function):
 
     def backward(self, dY3):
         xc, invstd, scale = self.saved_tensors
-        self.saved_tensors = ()
         _, C, _ = xc.shape
+        need_dX, need_dmean, need_dvari, need_dgamma, _ = self.needs_input_grad
         sum_dy = _channel_sum(dY3)
         sum_dy_xc = _channel_sum(dY3 * xc)
-        dX3 = nd.broadcast_mul(dY3, scale.reshape((1, C, 1)))
-        d_mean = -scale * sum_dy
-        d_vari = -0.5 * scale * nd.square(invstd) * sum_dy_xc
-        return dX3, d_mean, d_vari, invstd * sum_dy_xc, sum_dy
+        dX3 = nd.broadcast_mul(dY3, scale.reshape((1, C, 1))) if need_dX else None
+        d_mean = -scale * sum_dy if need_dmean else None
+        d_vari = -0.5 * scale * nd.square(invstd) * sum_dy_xc if need_dvari else None
+        dgamma = invstd * sum_dy_xc if need_dgamma else None
+        return dX3, d_mean, d_vari, dgamma, sum_dy
 
 
 def _global_moments(local, counts, home):
@@ -129,6 +130,9 @@ def _check_across(Xs, gammas, betas, moving_means, moving_varis, is_training, mo
     if len(set(contexts)) != len(contexts):
         raise ValueError(f"sync_batch_norm: two slices are on the same context ({contexts}); pass one per device")
     ax = axes.pop()
+    if ax == 0:
+        raise ValueError("sync_batch_norm: axis 0 is the axis the batch is split on, so it cannot be the "
+                         f"channel axis here; got axis={axis!r} (use batch_norm on one device for axis 0)")
     C = Xs[0].shape[ax]
     if is_training and sum(X.size for X in Xs) // C < 2:
         raise ValueError("sync_batch_norm: a training batch needs at least 2 values per channel in all")
