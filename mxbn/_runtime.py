@@ -1,34 +1,90 @@
 """Process set-up that must happen before MXNet is imported: the one place for it.
 
-Two things live here and nowhere else:
+Three things live here and nowhere else:
 
-1. NumPy aliases.  MXNet 1.9.1 reads ``np.bool`` (and friends) at import time and
-   in several operators.  NumPy deprecated these aliases in 1.20 and removed them
-   in 1.24, so ``import mxnet`` fails on NumPy 1.24-1.26.  They were plain
-   aliases of the Python builtins, so restoring them is behaviour-preserving.
-   NumPy 2 breaks MXNet 1.9.1 in ways an alias cannot fix (ABI, removed C API),
-   so it is refused with an explanation instead.
+1. NumPy names.  MXNet 1.9.1 (2022) reads names that later NumPy releases removed:
+   the builtin aliases ``np.bool`` and ``np.int`` (removed in 1.24), and in
+   numpy 2 the constants ``np.PZERO``, ``np.NAN``, ..., ``np.alltrue``,
+   ``np.sometrue``, ``np.msort``, the financial functions and ``np.compat``
+   (removed in 2.0),
+   ``np.in1d`` and ``np.trapz`` (removed later in 2.x).  ``mxnet.numpy`` binds
+   several of them at import and registers NumPy's dispatch protocol for others
+   by name, so ``import mxnet`` fails without them.
+   ``libmxnet.so`` is loaded through ctypes and uses no NumPy C API, so with
+   the names back MXNet 1.9.1 runs on NumPy 1.24-1.26 and on NumPy 2.  Only
+   the names the installed NumPy lacks are restored, each with the value or
+   function it had (``tests/test_compat.py`` derives the list of names from the
+   installed mxnet's source, so it cannot go stale).  MXNet also imports
+   ``distutils.version``, which left the standard library in Python 3.12;
+   setuptools provides it.
 
-2. Thread defaults.  Out of the box MXNet 1.9.1 ran single-threaded on a 2-core
+2. System libraries.  ``libmxnet.so`` links ``libgomp.so.1`` and
+   ``libquadmath.so.0``, which a minimal Linux may lack; without them ctypes
+   raises a bare OSError.  They are checked first, with an error that names
+   the package to install.
+
+3. Thread defaults.  Out of the box MXNet 1.9.1 ran single-threaded on a 2-core
    machine.  ``OMP_NUM_THREADS=<cores>`` lets the convolution and GEMM kernels use
    every core, and ``MXNET_CPU_PARALLEL_SIZE=2000000000`` keeps cheap elementwise
    kernels on one thread (their OpenMP fork/join cost more than it saved).  They
    are only defaults: a value the user exported is never overwritten.  OpenMP reads
    them once, at library load, hence "before MXNet is imported".
 """
+import ctypes
+import math
 import os
 import sys
+import types
 
 import numpy as np
 
-# The aliases NumPy removed in 1.24 that MXNet 1.9.1 still reads.
-_REMOVED_NUMPY_ALIASES = {
-    "bool": bool,
-    "int": int,
-    "float": float,
-    "complex": complex,
-    "object": object,
-    "str": str,
+
+def _removed_financial_function(name):
+    def removed(*args, **kwargs):
+        raise NotImplementedError(f"numpy.{name} was removed in numpy 1.20 (moved to the numpy-financial "
+                                  f"package); mxnet.numpy.{name} forwards to it, so it is unavailable here")
+    removed.__name__ = name
+    return removed
+
+
+def _in1d(ar1, ar2, assume_unique=False, invert=False):
+    """numpy<2.5's in1d: isin on the flattened first argument."""
+    return np.isin(np.ravel(ar1), ar2, assume_unique=assume_unique, invert=invert)
+
+
+def _msort(a):
+    """numpy<2's msort: sort along the first axis."""
+    return np.sort(a, axis=0)
+
+
+def _trapz(y, x=None, dx=1.0, axis=-1):
+    return np.trapezoid(y, x=x, dx=dx, axis=axis)
+
+
+# Every name MXNet 1.9.1 reads from numpy that a numpy release removed, with a
+# function returning the value it had.  Only names the installed numpy lacks
+# are set.  np.bool is absent from 1.24-1.26 only: numpy 2 has its own again,
+# which is left alone.
+_REMOVED_NUMPY_NAMES = {
+    # builtin aliases, removed in 1.24 (mxnet reads these two of them)
+    "bool": lambda: bool, "int": lambda: int,
+    # removed in 2.0
+    "PZERO": lambda: 0.0, "NZERO": lambda: -0.0, "NAN": lambda: math.nan, "NaN": lambda: math.nan,
+    "Inf": lambda: math.inf, "PINF": lambda: math.inf, "NINF": lambda: -math.inf,
+    "alltrue": lambda: np.all, "sometrue": lambda: np.any, "product": lambda: np.prod,
+    "round_": lambda: np.round, "msort": lambda: _msort,
+    "compat": lambda: types.SimpleNamespace(basestring=str),  # mx.np.pad reads compat.basestring
+    "mirr": lambda: _removed_financial_function("mirr"), "npv": lambda: _removed_financial_function("npv"),
+    "pmt": lambda: _removed_financial_function("pmt"), "ppmt": lambda: _removed_financial_function("ppmt"),
+    "pv": lambda: _removed_financial_function("pv"), "rate": lambda: _removed_financial_function("rate"),
+    # removed later in 2.x
+    "in1d": lambda: _in1d, "trapz": lambda: _trapz,
+}
+
+# Shared libraries libmxnet.so links that minimal systems lack, and who provides them.
+_SYSTEM_LIBRARIES = {
+    "libgomp.so.1": "libgomp1",
+    "libquadmath.so.0": "libquadmath0",
 }
 
 # MXNet's threshold (elements) above which elementwise CPU kernels use OpenMP;
@@ -37,34 +93,70 @@ _CPU_PARALLEL_SIZE = "2000000000"
 
 # What this module set (name -> value), for logs and benchmark reports.
 THREAD_DEFAULTS_APPLIED = {}
+# The numpy names this process had restored, for tests and logs.
+RESTORED_NUMPY_NAMES = []
 
 
-def _numpy_major_minor():
-    parts = np.__version__.split(".")
-    return int(parts[0]), int(parts[1])
+def restore_numpy_names(module=np):
+    """Give numpy back the names MXNet 1.9.1 reads that this numpy release removed.
 
-
-def restore_numpy_aliases():
-    """Give NumPy 1.24-1.26 back the builtin aliases MXNet 1.9.1 reads.
-
-    Returns the list of alias names that were missing and have been restored.
-    Raises ImportError on NumPy 2, which MXNet 1.9.1 cannot run on.
+    Returns the list of names that were missing and have been restored.
     """
-    major, _ = _numpy_major_minor()
-    if major >= 2:
-        raise ImportError(
-            "mxbn needs numpy<2 because mxnet 1.9.1 does not run on numpy "
-            f"{np.__version__}; install the pinned versions with "
-            "`pip install -r requirements.txt` (numpy>=1.17,<1.24 is tested; 1.24-1.26 work "
-            "through mxbn's aliases)")
     restored = []
-    for name, builtin in _REMOVED_NUMPY_ALIASES.items():
-        # Look in the module dict, not hasattr(): on 1.20-1.23 the names are
-        # served by a deprecating __getattr__, on 1.24+ that __getattr__ raises.
-        if name not in vars(np):
-            setattr(np, name, builtin)
+    for name, value in _REMOVED_NUMPY_NAMES.items():
+        # Look in the module dict, not hasattr(): numpy serves removed names
+        # from a __getattr__ that raises (1.24+, 2.x) or warns (1.20-1.23).
+        if name not in vars(module):
+            setattr(module, name, value())
             restored.append(name)
     return restored
+
+
+def ensure_distutils():
+    """Make ``distutils.version`` importable (setuptools provides it on Python 3.12+)."""
+    try:
+        import distutils.version  # noqa: F401
+        return
+    except ImportError:
+        pass
+    try:
+        import setuptools  # noqa: F401  (puts its distutils in place of the standard library's)
+        import distutils.version  # noqa: F401,F811
+    except ImportError as e:
+        raise ImportError(
+            f"mxnet 1.9.1 imports distutils, which Python {sys.version_info.major}.{sys.version_info.minor} "
+            "no longer ships; install setuptools (`pip install setuptools`, or "
+            "`pip install -r requirements.txt`)") from e
+
+
+def check_system_libraries(load=ctypes.CDLL):
+    """Raise ImportError naming the package to install if libmxnet.so's system libraries are missing."""
+    missing = []
+    for library, package in _SYSTEM_LIBRARIES.items():
+        try:
+            load(library)
+        except OSError:
+            missing.append((library, package))
+    if missing:
+        names = ", ".join(library for library, _ in missing)
+        packages = " ".join(package for _, package in missing)
+        raise ImportError(
+            f"mxnet's libmxnet.so needs {names}, which this system lacks; install them with "
+            f"`sudo apt-get install {packages}` (Debian/Ubuntu) or your distribution's "
+            "libgomp/libquadmath packages (GCC's OpenMP and quad-math runtimes)")
+
+
+def check_import_order(modules=sys.modules):
+    """Refuse to go on after an ``import mxnet`` that failed before mxbn could prepare numpy.
+
+    A failed import leaves mxnet's submodules half-initialized in sys.modules;
+    importing mxnet again on top of them fails in confusing ways.
+    """
+    leftovers = [name for name in modules if name.startswith("mxnet.")]
+    if leftovers and "mxnet" not in modules:
+        raise ImportError(
+            f"mxnet was imported before mxbn and failed (numpy {np.__version__} lacks names mxnet 1.9.1 "
+            "reads); restart Python and `import mxbn` before `import mxnet`: mxbn restores those names")
 
 
 def default_num_threads():
@@ -102,6 +194,9 @@ def thread_settings(environ=os.environ):
 
 # Thread variables only take effect if MXNet has not been loaded yet.
 _MXNET_WAS_PRELOADED = "mxnet" in sys.modules
-restore_numpy_aliases()
+check_import_order()
+RESTORED_NUMPY_NAMES.extend(restore_numpy_names())
+ensure_distutils()
 if not _MXNET_WAS_PRELOADED:
+    check_system_libraries()
     THREAD_DEFAULTS_APPLIED.update(apply_thread_defaults())

@@ -51,7 +51,8 @@ def evaluate(net, params, state, X, y, batch_size):
         loss_sum += F.softmax_cross_entropy(logits, yb) * Xb.shape[0]
         correct += F.correct_count(logits, yb)
     n = X.shape[0]
-    return loss_sum.asscalar() / n, correct.asscalar() / n
+    # Python floats: numpy 2 keeps float32 / int in float32 (numpy 1 gave float64)
+    return float(loss_sum.asscalar()) / n, float(correct.asscalar()) / n
 
 
 def _first_non_finite(batch_losses, first, stop):
@@ -170,7 +171,7 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
             if augment is not None:
                 X = augment(X, augment_rng(seed, epoch, b))
             loss, batch_correct = step.forward_backward(X, y)
-            if on_nan == "skip" and not math.isfinite(loss.asscalar()):  # per-batch sync, by request
+            if on_nan == "skip" and not math.isfinite(float(loss.asscalar())):  # per-batch sync, by request
                 skipped += 1
                 log(f"warning: epoch {epoch + 1} batch {b + 1}: non-finite loss, batch skipped "
                     f"({skipped} so far)")
@@ -203,8 +204,8 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
                                 f"rate is probably too large or the weights too large at initialisation")
             if at_sync and bar is not None:
                 bar.update(b + 1 - bar.n)
-                bar.set_postfix(loss=f"{loss_sum.asscalar() / max(seen, 1):.4f}",
-                                acc=f"{correct.asscalar() / max(seen, 1):.4f}")
+                bar.set_postfix(loss=f"{float(loss_sum.asscalar()) / max(seen, 1):.4f}",
+                                acc=f"{float(correct.asscalar()) / max(seen, 1):.4f}")
             if stop and not last:
                 position = dict(epoch=epoch, batch=b + 1, loss_sum=float(loss_sum.asscalar()),
                                 correct=float(correct.asscalar()), seen=seen, skipped=skipped)
@@ -221,7 +222,7 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
         if seen == 0:
             raise TrainingDiverged(f"every batch of epoch {epoch + 1} was skipped for a non-finite loss")
         train_seconds = time.perf_counter() - t0
-        train_loss, train_acc = loss_sum.asscalar() / seen, correct.asscalar() / seen
+        train_loss, train_acc = float(loss_sum.asscalar()) / seen, float(correct.asscalar()) / seen
         test_loss, test_acc = evaluate(net, params, state, X_test, y_test, batch_size)
         seconds = time.perf_counter() - t0
         record = dict(epoch=epoch + 1, lr=float(lr if lr is not None else optimizer.lr),

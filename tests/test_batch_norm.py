@@ -238,22 +238,30 @@ def test_fused_and_scratch_agree():
 
 
 def test_scratch_path_releases_activations_after_backward():
-    """While a graph (its output Y) is alive, MXNet keeps the autograd.Function
-    object alive, and a training loop keeps graphs alive for as long as MXNet's
-    engine runs behind Python; the op must drop its saved activations in
-    backward, or memory grows by a batch's activations per step (measured:
-    1.46 GB peak after 220 LeNet steps before, 0.32 GB after)."""
+    """A training loop must not accumulate the scratch op's saved activations.
+
+    MXNet keeps a custom op's state (and so the Function object) alive until
+    its engine drops the node; the op frees its activations then (measured
+    before any release: 1.46 GB peak after 220 LeNet steps, 0.32 GB after).
+    The engine's custom-op thread may hold the latest node a little longer, so
+    at most one op of the last step may still hold them; without the release
+    the count grows by one per step.
+    """
     import gc
     from mxbn.functional import _ScratchBatchNorm
     G, B, MM, MV = nd.ones(3), nd.zeros(3), nd.zeros(3), nd.ones(3)
-    X = nd.array(np.random.RandomState(0).normal(size=(8, 3, 4, 4)))
-    X.attach_grad()
-    earlier = {id(o) for o in gc.get_objects() if isinstance(o, _ScratchBatchNorm)}
-    with autograd.record():
-        Y = mxbn.batch_norm(X, G, B, True, MM, MV, impl="scratch")
-    ops = [o for o in gc.get_objects() if isinstance(o, _ScratchBatchNorm) and id(o) not in earlier]
-    assert ops and all(len(op.saved_tensors) == 5 for op in ops)  # held for backward
-    Y.backward()
-    nd.waitall()
-    assert all(op.saved_tensors == () and op.batch_stats is None for op in ops)
-    del Y
+    G.attach_grad()
+    holding = []
+    for step in range(20):
+        X = nd.array(np.random.RandomState(step).normal(size=(8, 3, 4, 4)))
+        X.attach_grad()
+        with autograd.record():
+            Y = mxbn.batch_norm(X, G, B, True, MM, MV, impl="scratch")
+            if step == 0:  # held for backward
+                ops = [o for o in gc.get_objects() if isinstance(o, _ScratchBatchNorm) and o.saved_tensors]
+                assert ops and all(len(op.saved_tensors) == 5 and op.batch_stats is None for op in ops)
+            loss = (Y * Y).sum()
+        loss.backward()
+        nd.waitall()
+        holding.append(sum(1 for o in gc.get_objects() if isinstance(o, _ScratchBatchNorm) and o.saved_tensors))
+    assert max(holding) <= 1, holding

@@ -26,6 +26,7 @@ def test_step_schedule():
 def test_schedules_load_when_torch_2_blocks_gluoncv_import():
     code = textwrap.dedent("""
         import sys, types
+        import mxbn                             # first, as documented: it prepares numpy for mxnet
         fake = types.ModuleType("torch"); fake.__version__ = "2.13.0"
         sys.modules["torch"] = fake            # gluoncv refuses torch>=2.0 at import time
         try:

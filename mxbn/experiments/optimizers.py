@@ -34,7 +34,7 @@ def trajectory(name, lr, steps=STEPS):
     for _ in range(steps):
         grads = {"x": params["x"] / 10.0, "y": 2.0 * params["y"]}
         opt.update(params, grads, state)
-        path.append((params["x"].asscalar(), params["y"].asscalar()))
+        path.append((float(params["x"].asscalar()), float(params["y"].asscalar())))
     return np.array(path, dtype=np.float64)
 
 
