@@ -13,11 +13,13 @@ from .functional import (  # noqa: E402
     dropout, flatten, max_pool2d, relu, sigmoid, softmax_cross_entropy, tanh,
 )
 from . import init, optim  # noqa: E402
+from .jit import jit  # noqa: E402  (the function; the module stays importable as mxbn.jit)
+from .tracing import TracingError  # noqa: E402
 
 __version__ = "0.2.0"
 
 __all__ = [
     "batch_norm", "conv2d", "max_pool2d", "avg_pool2d", "dense", "flatten", "relu",
     "sigmoid", "tanh", "dropout", "softmax_cross_entropy", "accuracy", "correct_count",
-    "BATCH_NORM_IMPLS", "init", "optim", "__version__",
+    "BATCH_NORM_IMPLS", "init", "optim", "jit", "TracingError", "__version__",
 ]

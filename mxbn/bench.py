@@ -9,6 +9,7 @@ Timing rule: every timed region starts and ends with ``mx.nd.waitall()``
 (MXNet is asynchronous; without it one times the queueing, not the work), the
 first calls are warm-up, and the median of the repeats is reported.
 """
+import functools
 import json
 import os
 import statistics
@@ -20,6 +21,7 @@ import numpy as np
 
 from . import _runtime
 from . import functional as F
+from .jit import jit
 from .models import lenet, lenet_params
 from .torch_lenet import peak_rss_mb
 from .train import SYNC_EVERY
@@ -138,17 +140,15 @@ def _raw_nd_batchnorm_lenet(params, state, X, is_training):
 
 
 def _time_raw_loop(net, params, state, batches, lr, steps, warmup):
+    """The trainer's own step (``mxbn.train.SingleDeviceStep``: record, loss, backward, SGD) on ``net``."""
     from .optim import SGD
+    from .train import SingleDeviceStep
     opt = SGD(lr=lr)
-    opt_state = opt.init(params)
-    for p in params.values():
-        p.attach_grad()
+    trainer_step = SingleDeviceStep(net, params, state, opt, opt.init(params))
 
     def step(X, y):
-        with autograd.record(train_mode=True):
-            loss = F.softmax_cross_entropy(net(params, state, X, True), y)
-        loss.backward()
-        opt.update(params, {k: p.grad for k, p in params.items()}, opt_state)
+        trainer_step.forward_backward(X, y)
+        trainer_step.apply(None)
 
     return _time_steps(step, batches, steps, warmup)
 
@@ -174,16 +174,16 @@ def _time_steps(step, batches, steps, warmup):
 
 def _time_data_parallel(ctx, variant, batches, lr, steps, warmup):
     """mxbn-static per device (BN per slice) or the synchronized-BN LeNet, on two devices of ctx's kind."""
-    from .compiled import CompiledLeNet
     from .optim import SGD
-    from .parallel import DataParallelStep, create_kvstore, lenet_across_devices, per_device
+    from .parallel import DataParallelStep, create_kvstore, jitted_lenet_stages, lenet_across_devices, per_device
     make = mx.gpu if ctx.device_type == "gpu" else mx.cpu
     if ctx.device_type == "gpu" and mx.context.num_gpus() < 2:
         raise RuntimeError("needs two GPUs")
     params, state = lenet_params(make(0), seed=0)
     opt = SGD(lr=lr)
     synced = variant == "mxbn-sync-2dev"
-    forward = lenet_across_devices if synced else per_device(CompiledLeNet())
+    forward = (functools.partial(lenet_across_devices, stages=jitted_lenet_stages()) if synced
+               else per_device(jit(lenet)))
     dp = DataParallelStep(forward, [make(0), make(1)], params, state, opt, opt.init(params),
                           create_kvstore("device"), stats_synchronized=synced)
 
@@ -235,8 +235,7 @@ def model_child(variant, ctx_spec, batch_size, steps, warmup):
         if variant == "nd.BatchNorm":
             net = _raw_nd_batchnorm_lenet
         elif variant == "mxbn-static":
-            from .compiled import CompiledLeNet
-            net = CompiledLeNet()
+            net = jit(lenet)
         else:
             impl = "scratch" if variant == "mxbn-scratch" else "fused"
             net = lambda p, s, X, t, impl=impl: lenet(p, s, X, t, bn_impl=impl)  # noqa: E731

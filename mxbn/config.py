@@ -43,8 +43,9 @@ class TrainConfig:
     use_bn: bool = True                 # the tutorial's point
     bn_momentum: float = 0.9            # tutorial: moving = 0.9*moving + 0.1*batch
     bn_impl: str = "fused"
-    graph: str = "static"               # "static": LeNet as one planned MXNet graph (mxbn.compiled);
-                                        # "imperative": the functional ops one by one (needs for bn_impl="scratch")
+    graph: str = "static"               # "static": models.lenet through mxbn.jit (one planned MXNet graph;
+                                        # with bn_sync, one per stage between the synchronized BNs);
+                                        # "imperative": the functional ops one by one
     init: str = "normal"                # tutorial: N(0, 0.01^2) weights
     init_scale: float = 0.01
     seed: int = 0
@@ -76,16 +77,13 @@ class TrainConfig:
             if len(devices) < 2:
                 raise ConfigError(f"bn_sync synchronizes the devices of one process, and ctx {self.ctx!r} names "
                                   f"one; list several (e.g. --ctx gpu:0,gpu:1) or leave out --bn-sync")
-            if self.graph != "imperative":
-                raise ConfigError("bn_sync exchanges statistics between devices in the middle of the forward "
-                                  "pass, which one static graph per device cannot do; pass --graph imperative")
-        if len(devices) > 1 and devices[0][0] == "cpu" and self.bn_impl == "scratch":
-            # its statistics are GEMVs; MXNet's OpenBLAS hangs when two CPU contexts call it at once
-            raise ConfigError("bn_impl 'scratch' cannot run on several CPU contexts (its BLAS reductions "
-                              "would run concurrently, which hangs MXNet's OpenBLAS); use bn_impl 'fused'")
-        if self.graph == "static" and self.bn_impl != "fused":
-            raise ConfigError(f"bn_impl {self.bn_impl!r} runs only with graph 'imperative' (its custom backward "
-                              f"is Python code a static graph cannot hold); pass --graph imperative")
+        if (len(devices) > 1 and devices[0][0] == "cpu" and self.bn_impl == "scratch"
+                and self.graph == "imperative"):
+            # its imperative statistics are GEMVs; MXNet's OpenBLAS hangs when two CPU contexts call it at
+            # once (traced by mxbn.jit, the scratch path reduces without BLAS)
+            raise ConfigError("bn_impl 'scratch' with graph 'imperative' cannot run on several CPU contexts "
+                              "(its BLAS reductions would run concurrently, which hangs MXNet's OpenBLAS); use "
+                              "graph 'static' or bn_impl 'fused'")
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         _positive_float("lr", self.lr)

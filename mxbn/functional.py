@@ -8,9 +8,13 @@ function may change are the ones its docstring calls *state* (``moving_mean`` an
 import atexit
 import numbers
 
-import numpy as np
-from mxnet import autograd, nd
+import functools
 
+import numpy as np
+import mxnet as mx
+from mxnet import autograd, nd, sym
+
+from . import tracing
 from .custom_function import Function
 
 # MXNet registers its engine shutdown with atexit when it is imported; handlers
@@ -34,8 +38,52 @@ _STAT_DTYPE = {"float16": "float32", "float32": "float32", "float64": "float64"}
 
 
 # --------------------------------------------------------------------------- #
+# every kind of array: legacy NDArray, mx.np.ndarray, Symbol (inside mxbn.jit)
+# --------------------------------------------------------------------------- #
+def _is_np(value):
+    return isinstance(value, mx.numpy.ndarray)
+
+
+def _accepts_every_array_kind(op):
+    """Let ``op`` (written with legacy NDArray/Symbol ops) take and return ``mx.np`` arrays too.
+
+    ``mx.np.ndarray`` arguments are viewed as legacy NDArrays (``as_nd_ndarray``:
+    no copy, autograd follows) and array results are viewed back, so the
+    caller gets the kind it passed.
+    """
+    @functools.wraps(op)
+    def wrapper(*args, **kwargs):
+        if not any(_is_np(a) for a in args) and not any(_is_np(v) for v in kwargs.values()):
+            return op(*args, **kwargs)
+        args = [a.as_nd_ndarray() if _is_np(a) else a for a in args]
+        kwargs = {k: v.as_nd_ndarray() if _is_np(v) else v for k, v in kwargs.items()}
+        result = op(*args, **kwargs)
+        return result.as_np_ndarray() if isinstance(result, nd.NDArray) else result
+    return wrapper
+
+
+def _ops(X):
+    """The operator namespace for X: ``mx.sym`` while tracing, ``mx.nd`` otherwise."""
+    return sym if isinstance(X, sym.Symbol) else nd
+
+
+def _shape(X, op):
+    """Shape of an NDArray, or of a Symbol traced by mxbn.jit (which knows its inputs' shapes)."""
+    if isinstance(X, sym.Symbol):
+        return tracing.shape_of(X, op)
+    return X.shape
+
+
+def _dtype_of(X, op):
+    if isinstance(X, sym.Symbol):
+        return tracing.dtype_of(X, op)
+    return _dtype_name(X.dtype)
+
+
+# --------------------------------------------------------------------------- #
 # batch normalization
 # --------------------------------------------------------------------------- #
+@_accepts_every_array_kind
 def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
                momentum=0.9, eps=1e-5, axis=1, impl="fused", check_finite=False):
     r"""Batch normalization (Ioffe & Szegedy, 2015) over every axis except ``axis``.
@@ -91,7 +139,12 @@ def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
 
     Returns
     -------
-    Y : NDArray, same shape and dtype as ``X``.
+    Y : same kind, shape and dtype as ``X``.  Every array argument may be a
+        legacy ``NDArray`` or an ``mx.np.ndarray`` (``Y`` is then one too), or,
+        inside :func:`mxbn.jit`, a traced ``Symbol``: the state then leaves the
+        graph as an extra output that jit writes back, with the same rule.
+        A Symbol outside mxbn.jit (a hybridized Gluon block) raises TypeError:
+        use ``gluon.nn.BatchNorm`` there, or mxbn.jit.
 
     Notes
     -----
@@ -114,6 +167,9 @@ def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
         contexts, ``momentum`` outside [0, 1], ``eps <= 0``, unknown ``impl``,
         or a training batch with one value per channel.
     """
+    if any(isinstance(a, sym.Symbol) for a in (X, gamma, beta, moving_mean, moving_vari)):
+        return _batch_norm_traced(X, gamma, beta, is_training, moving_mean, moving_vari,
+                                  momentum, eps, axis, impl, check_finite)
     ax = _check_batch_norm_args(X, gamma, beta, is_training, moving_mean,
                                 moving_vari, momentum, eps, axis, impl)
     if check_finite:
@@ -137,16 +193,37 @@ def _dtype_name(dtype):
     return np.dtype(dtype).name
 
 
+class _Described:
+    """Shape, dtype and context of a traced Symbol, read like an NDArray's by the checks below."""
+
+    def __init__(self, symbol, op):
+        self.shape = _shape(symbol, op)
+        self.dtype = _dtype_of(symbol, op)
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape)) if self.shape else 1
+        self.context = None  # one context per jitted call, checked by jit
+
+
 def _check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
                            momentum, eps, axis, impl):
     """Validate batch_norm's arguments; return the non-negative channel axis."""
     arrays = {"X": X, "gamma": gamma, "beta": beta,
               "moving_mean": moving_mean, "moving_vari": moving_vari}
+    traced = any(isinstance(value, sym.Symbol) for value in arrays.values())
     for name, value in arrays.items():
-        if not isinstance(value, nd.NDArray):
+        if traced and not isinstance(value, sym.Symbol):
+            raise tracing.TracingError(
+                f"batch_norm: {name} is a {type(value).__name__} inside mxbn.jit while X is traced; pass every "
+                f"array as an argument of the jitted function (constants are not captured)")
+        if not traced and not isinstance(value, nd.NDArray):
             raise TypeError(f"batch_norm: {name} must be an mxnet NDArray, got {type(value).__name__}")
-        if isinstance(value, nd.sparse.BaseSparseNDArray):
+        if not traced and isinstance(value, nd.sparse.BaseSparseNDArray):
             raise TypeError(f"batch_norm: {name} must be a dense NDArray, got storage type {value.stype!r}")
+    if traced:
+        X, gamma, beta, moving_mean, moving_vari = (
+            _Described(v, "batch_norm") for v in (X, gamma, beta, moving_mean, moving_vari))
+        arrays = {"X": X, "gamma": gamma, "beta": beta,
+                  "moving_mean": moving_mean, "moving_vari": moving_vari}
     if not isinstance(is_training, (bool,)) and not (
             isinstance(is_training, numbers.Integral) and is_training in (0, 1)):
         raise TypeError(f"batch_norm: is_training must be a bool, got {is_training!r}")
@@ -173,7 +250,7 @@ def _check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari
             raise TypeError(f"batch_norm: {name} has dtype {_dtype_name(value.dtype)}, expected "
                             f"{stat_dtype} for X of dtype {x_dtype}")
     for name, value in arrays.items():
-        if value.context != X.context:
+        if value.context is not None and value.context != X.context:
             raise ValueError(f"batch_norm: {name} is on {value.context} but X is on {X.context}; "
                              f"move every array to one context (e.g. .as_in_context({X.context}))")
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
@@ -312,21 +389,86 @@ def _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax):
     Composed of ordinary ops so that autograd still differentiates w.r.t. X,
     gamma and beta in inference mode; the moving statistics are only read.
     """
-    pre, C, post = _three_d_shape(X.shape, ax)
-    scale = gamma * nd.rsqrt(moving_vari + eps)
+    F = _ops(X)
+    shape = _shape(X, "batch_norm")
+    pre, C, post = _three_d_shape(shape, ax)
+    scale = gamma * F.rsqrt(moving_vari + eps)
     shift = beta - moving_mean * scale
     X3 = X.reshape((pre, C, post))
-    Y3 = nd.broadcast_add(nd.broadcast_mul(X3, scale.reshape((1, C, 1))), shift.reshape((1, C, 1)))
-    return Y3.reshape(X.shape)
+    Y3 = F.broadcast_add(F.broadcast_mul(X3, scale.reshape((1, C, 1))), shift.reshape((1, C, 1)))
+    return Y3.reshape(shape)
+
+
+def _momentum_weights(momentum):
+    """(weight of the old moving value, weight of the batch statistic)."""
+    # MXNet parses scalar arguments from text and rejects double subnormals
+    # (momentum=1e-313 raised "Out of range value"); they are 0 to any precision.
+    keep = float(momentum) if momentum >= np.finfo(np.float64).tiny else 0.0
+    return keep, 1.0 - keep
+
+
+def _batch_norm_traced(X, gamma, beta, is_training, moving_mean, moving_vari, momentum, eps, axis, impl,
+                       check_finite):
+    """batch_norm inside mxbn.jit: graph nodes, and the new moving statistics handed to the trace.
+
+    Same arithmetic as the imperative paths: "fused" is MXNet's BatchNorm
+    kernel on scratch aux arrays with the variance recovered in float64,
+    "scratch" the two-pass statistics from primitives (differentiated by
+    MXNet's autograd instead of the hand-written backward, which cannot live
+    in a graph).
+    """
+    trace = tracing.current("batch_norm")
+    ax = _check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari, momentum, eps, axis, impl)
+    if check_finite:
+        raise tracing.TracingError("batch_norm: check_finite=True reads the values, which a traced graph "
+                                   "cannot; check outside mxbn.jit (or after the call)")
+    in_dtype = _dtype_of(X, "batch_norm")
+    stat_dtype = _STAT_DTYPE[in_dtype]
+    if in_dtype != stat_dtype:
+        X = sym.cast(X, dtype=stat_dtype)
+    mean_now = trace.current_value(moving_mean, "batch_norm", "moving_mean")
+    vari_now = trace.current_value(moving_vari, "batch_norm", "moving_vari")
+    if not is_training:
+        Y = _batch_norm_inference(X, gamma, beta, mean_now, vari_now, eps, ax)
+    else:
+        train = _batch_norm_train_fused_traced if impl == "fused" else _batch_norm_train_scratch_traced
+        Y, mean, vari = train(trace, X, gamma, beta, eps, ax, stat_dtype)
+        keep, take = _momentum_weights(momentum)
+        trace.set_state(moving_mean, sym.BlockGrad(keep * mean_now + take * sym.BlockGrad(mean)),
+                        "batch_norm", "moving_mean")
+        trace.set_state(moving_vari, sym.BlockGrad(keep * vari_now + take * sym.BlockGrad(vari)),
+                        "batch_norm", "moving_vari")
+    return Y if in_dtype == stat_dtype else sym.cast(Y, dtype=in_dtype)
+
+
+def _batch_norm_train_fused_traced(trace, X, gamma, beta, eps, ax, stat_dtype):
+    C = _shape(X, "batch_norm")[ax]
+    scratch_mean = trace.scratch_var("bn_mean", (C,), stat_dtype, 0.0)
+    scratch_vari = trace.scratch_var("bn_vari", (C,), stat_dtype, 1.0)
+    trace.needs_train_mode = True  # the kernel takes batch statistics only under autograd's train flag
+    out = sym.BatchNorm(X, gamma, beta, scratch_mean, scratch_vari, eps=eps, momentum=0.0, fix_gamma=False,
+                        use_global_stats=False, output_mean_var=True, axis=ax)
+    # 1/invstd^2 - eps in float64, as the imperative path does
+    vari = sym.cast(1.0 / sym.square(sym.cast(out[2], dtype="float64")) - eps, dtype=stat_dtype)
+    return out[0], out[1], vari
+
+
+def _batch_norm_train_scratch_traced(trace, X, gamma, beta, eps, ax, stat_dtype):
+    shape = _shape(X, "batch_norm")
+    pre, C, post = _three_d_shape(shape, ax)
+    X3 = X.reshape((pre, C, post))
+    mean = sym.mean(X3, axis=(0, 2))
+    xc = sym.broadcast_sub(X3, mean.reshape((1, C, 1)))
+    vari = sym.mean(sym.square(xc), axis=(0, 2))           # two passes, biased
+    scale = gamma * sym.rsqrt(vari + eps)
+    Y3 = sym.broadcast_add(sym.broadcast_mul(xc, scale.reshape((1, C, 1))), beta.reshape((1, C, 1)))
+    return Y3.reshape(shape), mean, vari
 
 
 def _update_moving_stats(moving_mean, moving_vari, mean, vari, momentum):
     """moving = momentum*moving + (1-momentum)*batch, in place, outside the graph."""
+    keep, take = _momentum_weights(momentum)
     with autograd.pause():
-        # MXNet parses scalar arguments from text and rejects double subnormals
-        # (momentum=1e-313 raised "Out of range value"); they are 0 to any precision.
-        keep = float(momentum) if momentum >= np.finfo(np.float64).tiny else 0.0
-        take = 1.0 - keep
         moving_mean[:] = keep * moving_mean + take * mean.detach()
         moving_vari[:] = keep * moving_vari + take * vari.detach()
 
@@ -342,13 +484,21 @@ def _pair(value, name):
     raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
+def _check_array(X, op, what="X"):
+    """X must be an NDArray (legacy or, after the wrapper, viewed from mx.np) or a traced Symbol."""
+    if not isinstance(X, (nd.NDArray, sym.Symbol)):
+        raise TypeError(f"{op}: {what} must be an mxnet NDArray, got {type(X).__name__}")
+    return _shape(X, op)
+
+
 def _check_rank(X, rank, op, layout):
-    if not isinstance(X, nd.NDArray):
-        raise TypeError(f"{op}: X must be an mxnet NDArray, got {type(X).__name__}")
-    if X.ndim != rank:
-        raise ValueError(f"{op}: X must have rank {rank} {layout}, got shape {X.shape}")
+    shape = _check_array(X, op)
+    if len(shape) != rank:
+        raise ValueError(f"{op}: X must have rank {rank} {layout}, got shape {shape}")
+    return shape
 
 
+@_accepts_every_array_kind
 def conv2d(X, weight, bias=None, stride=1, pad=0):
     """2-D convolution (cross-correlation), NCHW.
 
@@ -360,43 +510,49 @@ def conv2d(X, weight, bias=None, stride=1, pad=0):
         whose beta makes a bias redundant)
     stride, pad : int or (int, int), default 1 and 0
     """
-    _check_rank(X, 4, "conv2d", "(N, C, H, W)")
-    if weight.ndim != 4 or weight.shape[1] != X.shape[1]:
-        raise ValueError(f"conv2d: weight has shape {weight.shape}, expected (C_out, {X.shape[1]}, kh, kw) "
-                         f"for X of shape {X.shape}")
-    if bias is not None and bias.shape != (weight.shape[0],):
-        raise ValueError(f"conv2d: bias has shape {bias.shape}, expected ({weight.shape[0]},)")
-    kwargs = dict(kernel=weight.shape[2:], num_filter=weight.shape[0],
+    shape = _check_rank(X, 4, "conv2d", "(N, C, H, W)")
+    w_shape = _check_array(weight, "conv2d", "weight")
+    if len(w_shape) != 4 or w_shape[1] != shape[1]:
+        raise ValueError(f"conv2d: weight has shape {w_shape}, expected (C_out, {shape[1]}, kh, kw) "
+                         f"for X of shape {shape}")
+    if bias is not None and _check_array(bias, "conv2d", "bias") != (w_shape[0],):
+        raise ValueError(f"conv2d: bias has shape {_shape(bias, 'conv2d')}, expected ({w_shape[0]},)")
+    kwargs = dict(kernel=w_shape[2:], num_filter=w_shape[0],
                   stride=_pair(stride, "stride"), pad=_pair(pad, "pad"))
+    F = _ops(X)
     if bias is None:
-        return nd.Convolution(X, weight, no_bias=True, **kwargs)
-    return nd.Convolution(X, weight, bias, **kwargs)
+        return F.Convolution(X, weight, no_bias=True, **kwargs)
+    return F.Convolution(X, weight, bias, **kwargs)
 
 
 def _pool(X, kernel, stride, pool_type, op):
     _check_rank(X, 4, op, "(N, C, H, W)")
     kernel = _pair(kernel, "kernel")
     stride = kernel if stride is None else _pair(stride, "stride")
-    return nd.Pooling(X, kernel=kernel, stride=stride, pool_type=pool_type)
+    return _ops(X).Pooling(X, kernel=kernel, stride=stride, pool_type=pool_type)
 
 
+@_accepts_every_array_kind
 def max_pool2d(X, kernel=2, stride=None):
     """Max pooling over (H, W) of an NCHW array; ``stride`` defaults to ``kernel``."""
     return _pool(X, kernel, stride, "max", "max_pool2d")
 
 
+@_accepts_every_array_kind
 def avg_pool2d(X, kernel=2, stride=None):
     """Average pooling over (H, W) of an NCHW array; ``stride`` defaults to ``kernel``."""
     return _pool(X, kernel, stride, "avg", "avg_pool2d")
 
 
+@_accepts_every_array_kind
 def flatten(X):
     """(N, d1, d2, ...) -> (N, d1*d2*...)."""
-    if not isinstance(X, nd.NDArray) or X.ndim < 1:
+    if not isinstance(X, (nd.NDArray, sym.Symbol)) or len(_shape(X, "flatten")) < 1:
         raise ValueError(f"flatten: X must be an NDArray with a batch axis, got {X!r}")
-    return X.reshape((X.shape[0], -1))
+    return X.reshape((_shape(X, "flatten")[0], -1))
 
 
+@_accepts_every_array_kind
 def dense(X, weight, bias=None):
     """Affine layer ``Y = X W^T + b`` (MXNet/PyTorch weight layout).
 
@@ -406,34 +562,44 @@ def dense(X, weight, bias=None):
     weight : NDArray, shape (d_out, d_in)
     bias : NDArray of shape (d_out,) or None
     """
-    if not isinstance(X, nd.NDArray) or X.ndim < 2:
+    if not isinstance(X, (nd.NDArray, sym.Symbol)) or len(_shape(X, "dense")) < 2:
         raise ValueError(f"dense: X must be an NDArray of rank >= 2, got {getattr(X, 'shape', X)!r}")
-    d_in = X.size // X.shape[0]
-    if weight.ndim != 2 or weight.shape[1] != d_in:
-        raise ValueError(f"dense: weight has shape {weight.shape}, expected (d_out, {d_in}) "
-                         f"for X of shape {X.shape}")
-    if bias is not None and bias.shape != (weight.shape[0],):
-        raise ValueError(f"dense: bias has shape {bias.shape}, expected ({weight.shape[0]},)")
+    shape = _shape(X, "dense")
+    d_in = int(np.prod(shape[1:]))
+    w_shape = _check_array(weight, "dense", "weight")
+    if len(w_shape) != 2 or w_shape[1] != d_in:
+        raise ValueError(f"dense: weight has shape {w_shape}, expected (d_out, {d_in}) "
+                         f"for X of shape {shape}")
+    if bias is not None and _check_array(bias, "dense", "bias") != (w_shape[0],):
+        raise ValueError(f"dense: bias has shape {_shape(bias, 'dense')}, expected ({w_shape[0]},)")
+    F = _ops(X)
     if bias is None:
-        return nd.FullyConnected(X, weight, num_hidden=weight.shape[0], no_bias=True, flatten=True)
-    return nd.FullyConnected(X, weight, bias, num_hidden=weight.shape[0], flatten=True)
+        return F.FullyConnected(X, weight, num_hidden=w_shape[0], no_bias=True, flatten=True)
+    return F.FullyConnected(X, weight, bias, num_hidden=w_shape[0], flatten=True)
 
 
+@_accepts_every_array_kind
 def relu(X):
     """max(X, 0)."""
-    return nd.relu(X)
+    _check_array(X, "relu")
+    return _ops(X).relu(X)
 
 
+@_accepts_every_array_kind
 def sigmoid(X):
     """1 / (1 + exp(-X))."""
-    return nd.sigmoid(X)
+    _check_array(X, "sigmoid")
+    return _ops(X).sigmoid(X)
 
 
+@_accepts_every_array_kind
 def tanh(X):
     """Hyperbolic tangent."""
-    return nd.tanh(X)
+    _check_array(X, "tanh")
+    return _ops(X).tanh(X)
 
 
+@_accepts_every_array_kind
 def dropout(X, p, is_training):
     """Inverted dropout: in training, zero each value with probability ``p`` and
     scale the rest by ``1/(1-p)``; in inference, return ``X`` unchanged.
@@ -443,12 +609,14 @@ def dropout(X, p, is_training):
     """
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must be a number in [0, 1), got {p!r}")
+    _check_array(X, "dropout")
     if not is_training or p == 0.0:
         return X
     # mode="always" makes the kernel obey is_training instead of autograd's flag.
-    return nd.Dropout(X, p=float(p), mode="always")
+    return _ops(X).Dropout(X, p=float(p), mode="always")
 
 
+@_accepts_every_array_kind
 def softmax_cross_entropy(logits, labels):
     """Mean over the batch of ``-log softmax(logits)[label]``.
 
@@ -460,27 +628,33 @@ def softmax_cross_entropy(logits, labels):
     Uses ``log_softmax`` so large logits do not overflow.
     """
     _check_logits_labels(logits, labels, "softmax_cross_entropy")
-    return -nd.pick(nd.log_softmax(logits, axis=1), labels, axis=1).mean()
+    F = _ops(logits)
+    return -F.mean(F.pick(F.log_softmax(logits, axis=1), labels, axis=1))
 
 
+@_accepts_every_array_kind
 def correct_count(logits, labels):
     """Number of rows whose arg-max equals the label, as a 1-element NDArray.
 
     Stays on the device: sum it over batches and read it once per epoch.
     """
     _check_logits_labels(logits, labels, "correct_count")
-    return (nd.argmax(logits, axis=1) == labels.astype(logits.dtype)).sum()
+    F = _ops(logits)
+    hits = F.broadcast_equal(F.argmax(logits, axis=1), F.cast(labels, dtype=_dtype_of(logits, "correct_count")))
+    return F.sum(hits)
 
 
+@_accepts_every_array_kind
 def accuracy(logits, labels):
     """Fraction of rows whose arg-max equals the label, as a 1-element NDArray."""
-    return correct_count(logits, labels) / logits.shape[0]
+    return correct_count(logits, labels) / _shape(logits, "accuracy")[0]
 
 
 def _check_logits_labels(logits, labels, op):
-    if not isinstance(logits, nd.NDArray) or logits.ndim != 2:
+    if not isinstance(logits, (nd.NDArray, sym.Symbol)) or len(_shape(logits, op)) != 2:
         raise ValueError(f"{op}: logits must be an NDArray of shape (N, K), got "
                          f"{getattr(logits, 'shape', type(logits).__name__)}")
-    if not isinstance(labels, nd.NDArray) or labels.shape != (logits.shape[0],):
-        raise ValueError(f"{op}: labels must be an NDArray of shape ({logits.shape[0]},), got "
+    N = _shape(logits, op)[0]
+    if not isinstance(labels, (nd.NDArray, sym.Symbol)) or _shape(labels, op) != (N,):
+        raise ValueError(f"{op}: labels must be an NDArray of shape ({N},), got "
                          f"{getattr(labels, 'shape', type(labels).__name__)}")

@@ -16,13 +16,14 @@ from . import __version__, _runtime
 from .atomic import atomic_write_json, atomic_write_text
 from .augment import random_flip_shift
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
-from .compiled import CompiledLeNet
 from .config import ConfigError, TrainConfig
 from .context import resolve_context, resolve_contexts
 from .data import load_dataset, to_device
+from .jit import jit
 from .models import lenet, lenet_params, min_train_batch_size
 from .optim import make_optimizer
-from .parallel import (DataParallelStep, create_kvstore, fingerprint, is_distributed, lenet_across_devices,
+from .parallel import (LENET_STAGES, DataParallelStep, create_kvstore, fingerprint, is_distributed,
+                       jitted_lenet_stages, lenet_across_devices,
                        per_device, shard)
 from .plot import plot_history
 from .seeding import seed_everything
@@ -148,10 +149,9 @@ def _build(config, ctx, log, rank=0, workers=1):
 
 
 def make_net(config):
-    """The LeNet forward function for ``config``: a static graph or the functional ops one by one."""
-    if config.graph == "static":
-        return CompiledLeNet(use_bn=config.use_bn, bn_momentum=config.bn_momentum)
-    return functools.partial(lenet, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
+    """The LeNet forward function for ``config``: one static graph (mxbn.jit) or the functional ops one by one."""
+    net = functools.partial(lenet, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
+    return jit(net) if config.graph == "static" else net
 
 
 class _StopFlag:
@@ -268,8 +268,9 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
     net = make_net(config)
     step = None
     if kv is not None:
-        forward = (functools.partial(lenet_across_devices, bn_momentum=config.bn_momentum) if config.bn_sync
-                   else per_device(net))
+        stages = jitted_lenet_stages() if config.graph == "static" else LENET_STAGES
+        forward = (functools.partial(lenet_across_devices, bn_momentum=config.bn_momentum, stages=stages)
+                   if config.bn_sync else per_device(net))
         step = DataParallelStep(forward, contexts, params, state, optimizer, opt_state, kv,
                                 stats_synchronized=config.bn_sync)
     augment = (functools.partial(random_flip_shift, max_shift=config.max_shift) if config.augment else None)

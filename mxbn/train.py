@@ -15,9 +15,10 @@ from mxnet import autograd, nd
 
 from . import functional as F
 from .data import epoch_batches
+from .jit import Jitted, jit
 from .seeding import augment_rng, epoch_seed, shuffle_rng
 
-__all__ = ["fit", "evaluate", "SingleDeviceStep", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["fit", "evaluate", "loss_and_correct", "SingleDeviceStep", "TrainingDiverged", "TrainingInterrupted"]
 
 # Batches between two reads of the running metrics.  Reading is a host-device
 # sync point; without any, Python would queue the whole epoch on MXNet's
@@ -37,6 +38,21 @@ class TrainingInterrupted(Exception):
         self.position = position
 
 
+def loss_and_correct(net, is_training):
+    """``(params, state, X, y) -> (mean cross-entropy, correct count)`` of ``net``.
+
+    When ``net`` is jitted, the loss and the count are traced into the same
+    graph as the net (one CachedOp per batch instead of a dozen small ops).
+    """
+    forward = net.fn if isinstance(net, Jitted) else net
+
+    def batch_loss(params, state, X, y):
+        logits = forward(params, state, X, is_training)
+        return F.softmax_cross_entropy(logits, y), F.correct_count(logits, y)
+
+    return jit(batch_loss) if isinstance(net, Jitted) else batch_loss
+
+
 def evaluate(net, params, state, X, y, batch_size):
     """(mean loss, accuracy) over all of (X, y) in inference mode; one host read at the end.
 
@@ -46,10 +62,11 @@ def evaluate(net, params, state, X, y, batch_size):
     loss_sum = nd.zeros((1,), ctx=X.context)
     correct = nd.zeros((1,), ctx=X.context)
     batches, _ = epoch_batches(X, y, batch_size)
+    batch_loss = loss_and_correct(net, is_training=False)
     for Xb, yb in batches:
-        logits = net(params, state, Xb, False)
-        loss_sum += F.softmax_cross_entropy(logits, yb) * Xb.shape[0]
-        correct += F.correct_count(logits, yb)
+        loss, batch_correct = batch_loss(params, state, Xb, yb)
+        loss_sum += loss * Xb.shape[0]
+        correct += batch_correct
     n = X.shape[0]
     # Python floats: numpy 2 keeps float32 / int in float32 (numpy 1 gave float64)
     return float(loss_sum.asscalar()) / n, float(correct.asscalar()) / n
@@ -77,6 +94,7 @@ class SingleDeviceStep:
     def __init__(self, net, params, state, optimizer, opt_state):
         self.net, self.params, self.state = net, params, state
         self.optimizer, self.opt_state = optimizer, opt_state
+        self.batch_loss = loss_and_correct(net, is_training=True)
         for p in params.values():
             p.attach_grad()
 
@@ -86,10 +104,9 @@ class SingleDeviceStep:
     def forward_backward(self, X, y):
         """(mean loss, correct count) of the batch, both (1,) arrays on the device; gradients in place."""
         with autograd.record():
-            logits = self.net(self.params, self.state, X, True)
-            loss = F.softmax_cross_entropy(logits, y)
+            loss, correct = self.batch_loss(self.params, self.state, X, y)
         loss.backward()
-        return loss.detach(), F.correct_count(logits.detach(), y)
+        return loss.detach(), correct.detach()
 
     def apply(self, lr):
         self.optimizer.update(self.params, {k: p.grad for k, p in self.params.items()}, self.opt_state, lr=lr)

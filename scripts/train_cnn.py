@@ -42,7 +42,7 @@ def parse_args(argv=None):
                         "scripts/launch_local.py or by hand (see README)")
     p.add_argument("--bn-sync", action="store_true",
                    help="batch-norm statistics over the whole batch across this process's devices "
-                        "(needs several contexts and --graph imperative)")
+                        "(needs several contexts)")
     p.add_argument("--dataset", default=D.dataset, choices=sorted(DATASETS))
     p.add_argument("--data-dir", default=D.data_dir,
                    help="folder with the four idx files; else $MXBN_DATA_DIR, MXNet's cache, "
@@ -62,10 +62,10 @@ def parse_args(argv=None):
     p.add_argument("--bn-momentum", type=float, default=D.bn_momentum,
                    help="moving = m*moving + (1-m)*batch (MXNet convention)")
     p.add_argument("--bn-impl", default=D.bn_impl, choices=mxbn.BATCH_NORM_IMPLS,
-                   help="with --graph imperative: fused kernel or from-primitives batch_norm")
+                   help="fused kernel or from-primitives batch_norm (same numbers)")
     p.add_argument("--graph", default=D.graph, choices=GRAPHS,
-                   help="static: the LeNet as one planned MXNet graph (same numbers, faster); "
-                        "imperative: mxbn's functional ops one by one")
+                   help="static: models.lenet through mxbn.jit, one planned MXNet graph (same numbers, "
+                        "faster); imperative: mxbn's functional ops one by one")
     p.add_argument("--init", default=D.init, choices=mxbn.init.INIT_NAMES)
     p.add_argument("--init-scale", type=float, default=D.init_scale, help="std for --init normal")
     p.add_argument("--seed", type=int, default=D.seed)

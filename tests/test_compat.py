@@ -27,7 +27,8 @@ def names_mxnet_reads_from_numpy():
     names = set()
     for path in root.rglob("*.py"):
         with warnings.catch_warnings():  # mxnet's own invalid escapes in docstrings
-            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", SyntaxWarning)       # Python 3.12+
+            warnings.simplefilter("ignore", DeprecationWarning)  # the same warning before 3.12
             tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
         aliases = {alias.asname or "numpy" for node in ast.walk(tree) if isinstance(node, ast.Import)
                    for alias in node.names if alias.name == "numpy"}

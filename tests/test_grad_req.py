@@ -121,6 +121,21 @@ def test_batch_norm_grad_req_matrix(impl, layout, reqs):
     assert not failures, failures
 
 
+JIT_LAYOUTS = [((4, 3), 1), ((4, 3, 2, 5), 1), ((4, 3, 2, 5), 0), ((3, 2, 3, 2, 4), 4)]
+
+
+@pytest.mark.parametrize("impl", mxbn.BATCH_NORM_IMPLS)
+@pytest.mark.parametrize("layout", JIT_LAYOUTS, ids=_layout_id)
+@pytest.mark.parametrize("reqs", REQ_MATRIX, ids="-".join)
+def test_jitted_batch_norm_grad_req_matrix(impl, layout, reqs):
+    """The traced path (one CachedOp; moving statistics written back after each call)."""
+    shape, axis = layout
+    jitted = mxbn.jit(lambda X, G, B, MM, MV: mxbn.batch_norm(X, G, B, True, MM, MV, momentum=MOMENTUM, eps=EPS,
+                                                              axis=axis, impl=impl))
+    failures = run_matrix_case(jitted, shape, axis, reqs, seed=len(shape) * 10 + axis)
+    assert not failures, failures
+
+
 @pytest.mark.parametrize("impl", mxbn.BATCH_NORM_IMPLS)
 @pytest.mark.parametrize("reqs", REQ_MATRIX, ids="-".join)
 def test_grad_req_inference_mode(impl, reqs):

@@ -21,12 +21,12 @@ import mxnet as mx
 from mxnet import autograd, nd
 
 import mxbn
-from mxbn.compiled import CompiledLeNet
 from mxbn.config import ConfigError, TrainConfig
 from mxbn.context import ContextError, parse_contexts, resolve_contexts
 from mxbn.models import lenet, lenet_params
 from mxbn.optim import make_optimizer
-from mxbn.parallel import (DataParallelStep, KVStoreError, create_kvstore, fingerprint, lenet_across_devices,
+from mxbn.parallel import (DataParallelStep, KVStoreError, create_kvstore, fingerprint, jitted_lenet_stages,
+                           lenet_across_devices,
                            per_device, shard, split_sizes, sync_batch_norm)
 from mxbn.run import train_cnn
 from mxbn.train import SingleDeviceStep, TrainingDiverged, TrainingInterrupted, fit
@@ -76,9 +76,9 @@ def test_dist_kvstore_without_launch_variables_is_refused():
 
 @pytest.mark.parametrize("kw,msg", [
     (dict(ctx="cpu", bn_sync=True, graph="imperative"), "names one; list several"),
-    (dict(ctx="cpu:0,cpu:1", bn_sync=True), "pass --graph imperative"),
     (dict(ctx="cpu:0,cpu:1", bn_sync=True, graph="imperative", use_bn=False), "cannot be combined with --no-bn"),
     (dict(ctx="cpu:0,cpu:1", graph="imperative", bn_impl="scratch"), "cannot run on several CPU contexts"),
+    (dict(ctx="cpu:0,cpu:1", graph="imperative", bn_impl="scratch", bn_sync=True), "cannot run on several CPU"),
     (dict(ctx="cpu:0,gpu:0"), "mixes CPU and GPU"),
     (dict(kvstore="dist_async"), "kvstore must be one of"),
 ])
@@ -203,19 +203,22 @@ def _lenet_and_step(kind, optimizer, contexts=TWO):
     if kind == "single":
         step = SingleDeviceStep(functools.partial(lenet, bn_impl="scratch"), params, state, optimizer, opt_state)
     else:
-        forward = lenet_across_devices if kind == "sync" else per_device(CompiledLeNet())
+        forward = {"sync": lenet_across_devices,
+                   "sync-jit": functools.partial(lenet_across_devices, stages=jitted_lenet_stages()),
+                   "plain": per_device(mxbn.jit(lenet))}[kind]
         step = DataParallelStep(forward, contexts, params, state, optimizer, opt_state, create_kvstore("device"),
-                                stats_synchronized=kind == "sync")
+                                stats_synchronized=kind.startswith("sync"))
     return params, state, step
 
 
+@pytest.mark.parametrize("kind", ["sync", "sync-jit"])
 @pytest.mark.parametrize("optimizer", [make_optimizer("sgd", 0.1), make_optimizer("momentum", 0.05, momentum=0.9)],
                          ids=["sgd", "momentum"])
-def test_two_contexts_with_bn_sync_equal_one_context_with_the_full_batch(optimizer):
+def test_two_contexts_with_bn_sync_equal_one_context_with_the_full_batch(optimizer, kind):
     X, y = _batch()
     k = 3
     p1, s1, single = _lenet_and_step("single", optimizer)
-    p2, s2, para = _lenet_and_step("sync", optimizer)
+    p2, s2, para = _lenet_and_step(kind, optimizer)
     want, got = _train_steps(single, X, y, k), _train_steps(para, X, y, k)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for name in p1:   # atol: parameters ~1e-2..1, float32 sums in another order differ by ~1e-7
@@ -241,7 +244,7 @@ def test_without_sync_each_device_normalizes_its_slice_and_copies_stay_identical
     halves = []
     for half in (slice(0, 16), slice(16, 32)):
         params, state = lenet_params(mx.cpu(0), seed=3)
-        CompiledLeNet()(params, state, X[half], True)
+        mxbn.jit(lenet)(params, state, X[half], True)
         halves.append(state["bn2_moving_mean"].asnumpy())
     one.apply(None)
     np.testing.assert_allclose(s_one["bn2_moving_mean"].asnumpy(), (halves[0] + halves[1]) / 2, rtol=1e-5,
@@ -296,11 +299,16 @@ def test_train_cnn_on_two_contexts_with_and_without_bn_sync(tiny_data, tmp_path)
     base = dict(ctx="cpu:0,cpu:1", data_dir=tiny_data, epochs=2, batch_size=32, lr=0.2, seed=0)
     lines = []
     a = train_cnn(TrainConfig(**base), str(tmp_path / "a"), log=lines.append, progress=False)
-    b = train_cnn(TrainConfig(graph="imperative", bn_sync=True, **base), str(tmp_path / "b"), log=quiet,
+    # --bn-sync with the default graph: the stages between the synchronized BNs run through mxbn.jit
+    b = train_cnn(TrainConfig(bn_sync=True, **base), str(tmp_path / "b"), log=quiet, progress=False)
+    d = train_cnn(TrainConfig(graph="imperative", bn_sync=True, **base), str(tmp_path / "d"), log=quiet,
                   progress=False)
+    for hb, hd in zip(b["history"], d["history"]):  # the same arithmetic, op by op or in graphs (float32)
+        assert hb["train_loss"] == pytest.approx(hd["train_loss"], rel=1e-4)
+        assert hb["test_acc"] == pytest.approx(hd["test_acc"], abs=1e-2)
     assert any("kvstore device" in line for line in lines)
     assert any(re.search(r"parameters sha1 [0-9a-f]{40}, the same on all 2 devices", line) for line in lines)
-    for m in (a, b):
+    for m in (a, b, d):
         assert m["context"] == "cpu(0),cpu(1)" and len(m["history"]) == 2
         assert m["history"][-1]["train_loss"] < m["history"][0]["train_loss"]
     # resuming a 2-context run continues it

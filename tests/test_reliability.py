@@ -144,8 +144,16 @@ def test_signal_writes_a_resumable_checkpoint_and_resume_matches(tiny, tmp_path,
 def test_sigkill_at_several_points_never_corrupts_and_resume_matches(tiny, tmp_path, reference_run):
     out = str(tmp_path / "run")
     first = True
+
+    def continuation():
+        # what a user passes next: --resume once a checkpoint exists; before that a killed run may
+        # still have left its config.json (nothing to resume), which only --overwrite replaces
+        if not first:
+            return ["--resume"]
+        return ["--overwrite"] if os.path.isdir(out) and os.listdir(out) else []
+
     for delay in (1.0, 0.6, 1.5, 0.3):
-        args = [*ARGS, "--data-dir", tiny, "--out", out] + ([] if first else ["--resume"])
+        args = [*ARGS, "--data-dir", tiny, "--out", out] + continuation()
         proc, log = start(args, tmp_path, f"kill{delay}")
         wait_for(log, "data:", proc)  # killed during training, not during start-up
         time.sleep(delay)
@@ -158,7 +166,7 @@ def test_sigkill_at_several_points_never_corrupts_and_resume_matches(tiny, tmp_p
         for name in os.listdir(out):
             if name.endswith(".json"):
                 json.loads(open(os.path.join(out, name)).read())  # complete JSON, never half-written
-    args = [*ARGS, "--data-dir", tiny, "--out", out] + ([] if first else ["--resume"])
+    args = [*ARGS, "--data-dir", tiny, "--out", out] + continuation()
     done = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert history(out) == history(reference_run)

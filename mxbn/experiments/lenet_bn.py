@@ -10,8 +10,8 @@ import math
 import os
 
 from .. import models
-from ..compiled import CompiledLeNet
 from ..data import load_dataset, to_device
+from ..jit import jit
 from ..optim import SGD
 from ..plot import plt, save_figure
 from ..train import TrainingDiverged, fit
@@ -27,7 +27,7 @@ def train_one(use_bn, lr, train, test, epochs, ctx, log):
     """History of one run, or None if the loss became non-finite."""
     params, state = models.lenet_params(ctx, use_bn=use_bn, init="normal", seed=0)
     try:
-        return fit(CompiledLeNet(use_bn=use_bn), params, state, SGD(lr=lr), SGD(lr=lr).init(params), train, test,
+        return fit(jit(models.lenet), params, state, SGD(lr=lr), SGD(lr=lr).init(params), train, test,
                    epochs, 128, seed=0, log=lambda *_: None)
     except TrainingDiverged as e:
         log(f"lenet-bn: {'BN' if use_bn else 'no BN'} lr {lr}: {e}")

@@ -19,11 +19,13 @@ import mxnet as mx
 from mxnet import autograd, nd
 
 from .. import functional as F
+from ..jit import jit
 from ..models import LENET_BLOCKS, lenet_conv, lenet_head, lenet_pool
 from .kvstore import is_distributed
 from .sync_batch_norm import sync_batch_norm
 
-__all__ = ["DataParallelStep", "replicate", "split_sizes", "per_device", "lenet_across_devices", "fingerprint"]
+__all__ = ["DataParallelStep", "replicate", "split_sizes", "per_device", "lenet_across_devices", "LENET_STAGES",
+           "jitted_lenet_stages", "fingerprint"]
 
 
 def fingerprint(arrays):
@@ -63,18 +65,48 @@ def per_device(net):
     return forward
 
 
-def lenet_across_devices(replica_params, replica_states, Xs, is_training, bn_momentum=0.9):
-    """``models.lenet`` over slices on several devices, batch norm synchronized across them."""
-    Hs = Xs
-    for i in LENET_BLOCKS:
-        Hs = [lenet_conv(p, i, H) for p, H in zip(replica_params, Hs)]
+def _first_stage(params, X):
+    """Input -> block 1's convolution (before its batch norm)."""
+    return lenet_conv(params, LENET_BLOCKS[0], X)
+
+
+def _middle_stage(params, H, i):
+    """Block i-1's ReLU and pooling -> block i's convolution."""
+    return lenet_conv(params, i, lenet_pool(H))
+
+
+def _last_stage(params, H):
+    """The last block's ReLU and pooling -> logits."""
+    return lenet_head(params, lenet_pool(H))
+
+
+# The stages of LeNet between its batch norms, run op by op ...
+LENET_STAGES = (_first_stage, _middle_stage, _last_stage)
+
+
+def jitted_lenet_stages():
+    """... or each as one static graph per device (mxbn.jit; a new cache per call)."""
+    return tuple(jit(stage) for stage in LENET_STAGES)
+
+
+def lenet_across_devices(replica_params, replica_states, Xs, is_training, bn_momentum=0.9, stages=LENET_STAGES):
+    """``models.lenet`` over slices on several devices, batch norm synchronized across them.
+
+    The stages between the batch norms run on every device (``stages``: the
+    plain functions or :func:`jitted_lenet_stages`); each synchronized batch
+    norm exchanges statistics between them.
+    """
+    first, middle, last = stages
+    Hs = [first(p, X) for p, X in zip(replica_params, Xs)]
+    for n, i in enumerate(LENET_BLOCKS):
+        if n > 0:
+            Hs = [middle(p, H, i) for p, H in zip(replica_params, Hs)]
         if f"bn{i}_gamma" in replica_params[0]:
             Hs = sync_batch_norm(Hs, [p[f"bn{i}_gamma"] for p in replica_params],
                                  [p[f"bn{i}_beta"] for p in replica_params], is_training,
                                  [s[f"bn{i}_moving_mean"] for s in replica_states],
                                  [s[f"bn{i}_moving_vari"] for s in replica_states], momentum=bn_momentum)
-        Hs = [lenet_pool(H) for H in Hs]
-    return [lenet_head(p, H) for p, H in zip(replica_params, Hs)]
+    return [last(p, H) for p, H in zip(replica_params, Hs)]
 
 
 class DataParallelStep:

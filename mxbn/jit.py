@@ -1,0 +1,216 @@
+"""``mxbn.jit``: trace a functional net once per shape into one static MXNet graph.
+
+Write the net once as a function of arrays with mxbn's ops, for example
+``lenet(params, state, X, is_training)``; ``jit(lenet)`` returns a callable
+with the same signature and the same numbers that runs it as one ``CachedOp``
+(``static_alloc``/``static_shape``, what Gluon's ``hybridize`` builds):
+
+* array arguments (NDArray or ``mx.np.ndarray``, alone or in dicts, lists
+  and tuples) become graph inputs; every other argument (``is_training``,
+  a momentum, an activation name) is static: part of the cache key, so a new
+  value traces a new graph;
+* a graph is traced per (static arguments, array shapes and dtypes, context,
+  the structure of the arguments) and cached;
+* ``batch_norm``'s moving statistics leave the graph as extra outputs, which
+  jit writes into the state arrays after every training call (once per
+  call, MXNet's momentum direction, outside autograd), exactly as the
+  imperative op does; inference leaves them untouched;
+* under ``autograd.record()`` the graph is one recorded node: gradients reach
+  every array with ``attach_grad`` and honour its ``grad_req``;
+* the result may be one array or a tuple, list or dict of arrays (a loss and
+  a correct count, say), as the function returns it.
+
+What cannot be traced raises :class:`mxbn.tracing.TracingError` naming the
+operation: a Python branch on an array's value (``if``, ``float()``,
+``.asnumpy()``), an ``mx.nd`` operator called on a traced array, an array the
+function captures instead of taking as an argument, arrays on different
+contexts.
+"""
+import functools
+import traceback
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, nd, sym
+from mxnet.base import NotImplementedForSymbol
+
+from . import tracing
+from .tracing import TracingError
+
+__all__ = ["jit", "Jitted", "TracingError"]
+
+_FLAGS = [("static_alloc", True), ("static_shape", True)]
+
+
+def jit(fn):
+    """Compile ``fn`` (a function of arrays written with mxbn's ops) into one static graph per shape."""
+    return Jitted(fn)
+
+
+# ---------------------------------------------------------------------- argument trees
+def _flatten(tree, leaves, path):
+    """Structure of ``tree`` with every array replaced by its index in ``leaves``."""
+    if isinstance(tree, nd.NDArray):
+        if isinstance(tree, nd.sparse.BaseSparseNDArray):
+            raise TypeError(f"mxbn.jit: {path} is a sparse array ({tree.stype}); pass a dense one")
+        leaves.append((path, tree))
+        return ("leaf", len(leaves) - 1)
+    if isinstance(tree, dict):
+        keys = sorted(tree, key=repr)
+        return ("dict", tuple((k, _flatten(tree[k], leaves, f"{path}[{k!r}]")) for k in keys))
+    if isinstance(tree, (list, tuple)):
+        kind = "list" if isinstance(tree, list) else "tuple"
+        return (kind, tuple(_flatten(v, leaves, f"{path}[{i}]") for i, v in enumerate(tree)))
+    try:
+        hash(tree)
+    except TypeError:
+        raise TypeError(f"mxbn.jit: {path} is neither an array nor a hashable value ({type(tree).__name__}); "
+                        f"non-array arguments are static (part of the cache key) and must be hashable") from None
+    return ("static", tree)
+
+
+def _unflatten(structure, values):
+    kind, content = structure
+    if kind == "leaf":
+        return values[content]
+    if kind == "dict":
+        return {k: _unflatten(v, values) for k, v in content}
+    if kind in ("list", "tuple"):
+        items = [_unflatten(v, values) for v in content]
+        return items if kind == "list" else tuple(items)
+    return content
+
+
+def _flatten_outputs(result, outputs):
+    """Structure of the traced function's result with every Symbol replaced by its output index."""
+    if isinstance(result, sym.Symbol):
+        if len(result.list_outputs()) != 1:
+            raise TracingError("mxbn.jit: the function returned a grouped Symbol; return a tuple of arrays instead")
+        outputs.append(result)
+        return ("leaf", len(outputs) - 1)
+    if isinstance(result, dict):
+        return ("dict", tuple((k, _flatten_outputs(result[k], outputs)) for k in result))
+    if isinstance(result, (list, tuple)):
+        kind = "list" if isinstance(result, list) else "tuple"
+        return (kind, tuple(_flatten_outputs(v, outputs) for v in result))
+    raise TracingError(f"mxbn.jit: the function returned a {type(result).__name__}; a jitted function returns "
+                       f"arrays computed from its array arguments (one, or a tuple/list/dict of them)")
+
+
+# ---------------------------------------------------------------------- one compiled graph
+class _Compiled:
+    """A traced graph: the CachedOp, where its inputs come from, what its outputs mean."""
+
+    def __init__(self, op, input_names, out_structure, n_outputs, state_names, scratch, train_mode):
+        self.op = op
+        self.input_names = input_names      # CachedOp input order: "leaf<i>" or a scratch var name
+        self.out_structure = out_structure
+        self.n_outputs = n_outputs          # the function's own outputs; state updates follow
+        self.state_names = state_names      # leaf var names whose new values are the extra outputs
+        self.scratch = scratch              # var name -> (shape, dtype, fill): throwaway arrays
+        self.train_mode = train_mode
+        self.scratch_arrays = {}
+
+    def scratch_inputs(self, ctx):
+        if ctx not in self.scratch_arrays:
+            self.scratch_arrays[ctx] = {name: nd.full(shape, fill, ctx=ctx, dtype=dtype)
+                                        for name, (shape, dtype, fill) in self.scratch.items()}
+        return self.scratch_arrays[ctx]
+
+
+def _leaf_name(i):
+    return f"leaf{i}"
+
+
+def _op_name_from(exc):
+    """Name of the mx.nd operator in an exception's traceback (MXNet generates them as '<string>' functions)."""
+    names = [frame.f_code.co_name for frame, _ in traceback.walk_tb(exc.__traceback__)
+             if frame.f_code.co_filename == "<string>"]
+    return names[-1] if names else None
+
+
+class Jitted:
+    """The callable :func:`jit` returns; ``.fn`` is the original function, ``.cache_size`` the graphs traced."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._cache = {}
+        functools.update_wrapper(self, fn)
+        self.name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", repr(fn))
+
+    @property
+    def cache_size(self):
+        return len(self._cache)
+
+    def __call__(self, *args, **kwargs):
+        leaves = []
+        structure = _flatten((args, kwargs), leaves, "argument")
+        if not leaves:
+            raise TypeError(f"mxbn.jit: {self.name} got no array argument; nothing to compile")
+        ctx = self._context(leaves)
+        returns_np = any(isinstance(array, mx.numpy.ndarray) for _, array in leaves)
+        key = (structure, tuple((a.shape, np.dtype(a.dtype).name) for _, a in leaves), ctx)
+        compiled = self._cache.get(key)
+        if compiled is None:
+            compiled = self._cache[key] = self._trace(structure, leaves)
+        return self._run(compiled, leaves, ctx, returns_np)
+
+    @staticmethod
+    def _context(leaves):
+        first_path, first = leaves[0]
+        for path, array in leaves[1:]:
+            if array.context != first.context:
+                raise ValueError(f"mxbn.jit: {path} is on {array.context} but {first_path} is on {first.context}; "
+                                 f"one compiled graph runs on one context: move the arrays "
+                                 f"(.as_in_context({first.context}))")
+        return first.context
+
+    def _trace(self, structure, leaves):
+        shapes = {_leaf_name(i): a.shape for i, (_, a) in enumerate(leaves)}
+        dtypes = {_leaf_name(i): np.dtype(a.dtype).name for i, (_, a) in enumerate(leaves)}
+        paths = {_leaf_name(i): path for i, (path, _) in enumerate(leaves)}
+        symbols = [sym.var(_leaf_name(i), shape=a.shape, dtype=a.dtype) for i, (_, a) in enumerate(leaves)]
+        args, kwargs = _unflatten(structure, symbols)
+        with tracing.Trace(shapes, dtypes, paths) as trace:
+            try:
+                result = self.fn(*args, **kwargs)
+            except NotImplementedForSymbol as e:
+                raise TracingError(
+                    f"mxbn.jit: {self.name} reads an array's value ({e}). A traced function cannot branch "
+                    f"on or read values: make the value a static (non-array) argument, or compute without "
+                    f"reading it (e.g. mx.sym.where instead of if)") from None
+            except AssertionError as e:
+                op = _op_name_from(e)
+                if op is None or "must have NDArray type" not in str(e):
+                    raise
+                raise TracingError(
+                    f"mxbn.jit: {self.name} calls mx.nd.{op} on a traced array; inside a jitted function use "
+                    f"mxbn's ops (mxbn.conv2d, mxbn.dense, ...) or mx.sym.{op}") from None
+        outputs = []
+        out_structure = _flatten_outputs(result, outputs)
+        state_names = list(trace.state_updates)
+        graph = sym.Group(outputs + [trace.state_updates[n] for n in state_names])
+        flags = list(_FLAGS)
+        return _Compiled(nd.CachedOp(graph, flags=flags), graph.list_inputs(), out_structure, len(outputs),
+                         state_names, dict(trace.scratch), trace.needs_train_mode)
+
+    @staticmethod
+    def _run(compiled, leaves, ctx, returns_np):
+        arrays = {_leaf_name(i): (a.as_nd_ndarray() if isinstance(a, mx.numpy.ndarray) else a)
+                  for i, (_, a) in enumerate(leaves)}
+        arrays.update(compiled.scratch_inputs(ctx))
+        inputs = [arrays[name] for name in compiled.input_names]
+        if compiled.train_mode:
+            with autograd.train_mode():
+                results = compiled.op(*inputs)
+        else:
+            results = compiled.op(*inputs)
+        if isinstance(results, nd.NDArray):
+            results = [results]
+        with autograd.pause():
+            for name, value in zip(compiled.state_names, results[compiled.n_outputs:]):
+                value.copyto(arrays[name])
+        outputs = results[:compiled.n_outputs]
+        if returns_np:
+            outputs = [o.as_np_ndarray() for o in outputs]
+        return _unflatten(compiled.out_structure, outputs)

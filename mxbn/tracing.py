@@ -1,0 +1,121 @@
+"""What mxbn's ops need to know while :func:`mxbn.jit` traces a function into a graph.
+
+During a trace every array argument of the jitted function is a ``Symbol``
+(one ``var`` per array).  The functional ops then build graph nodes instead of
+computing, and ask the active :class:`Trace` for
+
+* the shape and dtype of a Symbol (the inputs' are known, the rest inferred),
+  so that they validate their arguments exactly as they do for NDArrays (the
+  traced function itself may read ``X.shape`` and ``X.ndim`` too);
+* state: ``batch_norm`` does not write ``moving_mean`` in place inside a
+  graph; it hands the trace the new value, which leaves the graph as an extra
+  output that jit copies into the state array after the call;
+* scratch arrays (the fused BatchNorm kernel's throwaway aux states) that jit
+  allocates once per compiled graph.
+
+This module imports nothing of mxbn, so the math can depend on it.
+"""
+import threading
+
+from mxnet import sym
+
+__all__ = ["Trace", "TracingError", "current", "shape_of", "dtype_of"]
+
+_ACTIVE = threading.local()
+
+
+class TracingError(TypeError):
+    """Something in a jitted function cannot become part of a static graph."""
+
+
+class Trace:
+    """The bookkeeping of one trace; used as a context manager by mxbn.jit."""
+
+    def __init__(self, input_shapes, input_dtypes, leaf_names):
+        self.shapes = dict(input_shapes)     # var name -> shape, for every input and scratch var
+        self.dtypes = dict(input_dtypes)     # var name -> numpy dtype name
+        self.leaf_names = dict(leaf_names)   # var name -> how the user passed it, for messages
+        self.state_updates = {}              # var name of a state input -> Symbol of its new value
+        self.scratch = {}                    # var name -> (shape, dtype, fill value)
+        self.needs_train_mode = False        # a kernel must see autograd's train flag (BatchNorm)
+        self._cache = {}
+
+    def __enter__(self):
+        if getattr(_ACTIVE, "trace", None) is not None:
+            raise TracingError("mxbn.jit: a jitted function was called while another one is being traced; "
+                               "call the inner function's undecorated version inside the outer one")
+        _ACTIVE.trace = self
+        # Shapes are static within a trace, so a traced function may read them
+        # as it would an NDArray's (``X.shape[0]``); MXNet's Symbol has no such
+        # attributes, so they exist only while tracing.
+        sym.Symbol.shape = property(lambda symbol: self.shape_of(symbol))
+        sym.Symbol.ndim = property(lambda symbol: len(self.shape_of(symbol)))
+        return self
+
+    def __exit__(self, *exc):
+        _ACTIVE.trace = None
+        del sym.Symbol.shape, sym.Symbol.ndim
+        return False
+
+    # ---------------------------------------------------------------- shapes and dtypes
+    def _infer(self, symbol):
+        key = symbol.handle.value
+        if key not in self._cache:
+            names = symbol.list_inputs()
+            shapes = {n: self.shapes[n] for n in names if n in self.shapes}
+            dtypes = {n: self.dtypes[n] for n in names if n in self.dtypes}
+            _, out_shapes, _ = symbol.infer_shape_partial(**shapes)
+            _, out_types, _ = symbol.infer_type_partial(**dtypes)
+            # the Symbol is kept alive with its entry, so its handle cannot be reused by another
+            self._cache[key] = (tuple(out_shapes[0]), out_types[0], symbol)
+        return self._cache[key]
+
+    def shape_of(self, symbol):
+        return self._infer(symbol)[0]
+
+    def dtype_of(self, symbol):
+        import numpy as np
+        return np.dtype(self._infer(symbol)[1]).name
+
+    # ---------------------------------------------------------------- state
+    def _state_var(self, symbol, op, role):
+        name = symbol.name
+        if symbol.list_inputs() != [name] or name not in self.shapes:
+            raise TracingError(f"mxbn.jit: {op}'s {role} must be an array passed to the jitted function (state "
+                               f"is written back into it after the call), got a computed value")
+        return name
+
+    def current_value(self, symbol, op, role):
+        """The latest value of a state input: its own var, or what an earlier op in this trace set."""
+        return self.state_updates.get(self._state_var(symbol, op, role), symbol)
+
+    def set_state(self, symbol, new_value, op, role):
+        self.state_updates[self._state_var(symbol, op, role)] = new_value
+
+    # ---------------------------------------------------------------- scratch arrays
+    def scratch_var(self, prefix, shape, dtype, fill):
+        name = f"_mxbn_scratch{len(self.scratch)}_{prefix}"
+        self.scratch[name] = (tuple(shape), dtype, fill)
+        self.shapes[name] = tuple(shape)
+        self.dtypes[name] = dtype
+        return sym.var(name)
+
+
+def current(op):
+    """The active trace; a Symbol outside mxbn.jit gets an error that says what to use."""
+    trace = getattr(_ACTIVE, "trace", None)
+    if trace is None:
+        raise TracingError(
+            f"{op}: got an mxnet Symbol outside mxbn.jit. mxbn's ops take Symbols only while mxbn.jit traces a "
+            f"function (it knows the shapes and writes batch-norm state back). In a hybridized Gluon block use "
+            f"Gluon's layers (gluon.nn.BatchNorm, F.Convolution, ...), or write the net as a function of arrays "
+            f"and wrap it in mxbn.jit")
+    return trace
+
+
+def shape_of(symbol, op):
+    return current(op).shape_of(symbol)
+
+
+def dtype_of(symbol, op):
+    return current(op).dtype_of(symbol)
