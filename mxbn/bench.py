@@ -29,7 +29,7 @@ from .train import SYNC_EVERY
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-__all__ = ["run_bench", "OP_SHAPES", "MODEL_VARIANTS", "format_table"]
+__all__ = ["run_bench", "step_breakdown", "OP_SHAPES", "MODEL_VARIANTS", "format_table"]
 
 # LeNet's activations at batch 128 and a 2-D (dense) case.
 OP_SHAPES = [(128, 20, 24, 24), (128, 50, 10, 10), (128, 128)]
@@ -119,6 +119,63 @@ def bench_ops(ctx, repeat, shapes=OP_SHAPES, include_tutorial=True):
 # --------------------------------------------------------------------------- #
 # model level (each variant in a child process)
 # --------------------------------------------------------------------------- #
+def step_breakdown(ctx, batch_size=128, repeat=30):
+    """Where one default training step's time goes: each LeNet layer as its own jitted graph
+    (forward+backward), then the whole step's parts.  Rows: (part, median ms)."""
+    from .optim import SGD
+    from .train import loss_and_correct
+    params, state = lenet_params(ctx, seed=0)
+    for p in params.values():
+        p.attach_grad()
+    (X, y), = _synthetic_batches(ctx, batch_size, count=1)
+    acts = {}
+
+    def layer(name, fn, inp):
+        jitted = jit(fn)
+        inp.attach_grad()
+
+        def run():
+            with autograd.record():
+                out = jitted(params, state, inp, y)
+            out.backward()
+            return out
+        acts[name] = run().detach()
+        rows.append((f"layer {name} fwd+bwd", _median_ms(run, repeat)))
+        return acts[name]
+
+    rows = []
+    H = layer("conv1 20@5x5", lambda p, s, X, y: F.conv2d(X, p["conv1_weight"]), X)
+    H = layer("bn1", lambda p, s, H, y: F.batch_norm(H, p["bn1_gamma"], p["bn1_beta"], True, s["bn1_moving_mean"],
+                                                     s["bn1_moving_vari"]), H)
+    H = layer("relu+pool1", lambda p, s, H, y: F.max_pool2d(F.relu(H), 2), H)
+    H = layer("conv2 50@3x3", lambda p, s, H, y: F.conv2d(H, p["conv2_weight"]), H)
+    H = layer("bn2", lambda p, s, H, y: F.batch_norm(H, p["bn2_gamma"], p["bn2_beta"], True, s["bn2_moving_mean"],
+                                                     s["bn2_moving_vari"]), H)
+    H = layer("relu+pool2", lambda p, s, H, y: F.max_pool2d(F.relu(H), 2), H)
+    layer("dense+relu+dense+loss", lambda p, s, H, y: F.softmax_cross_entropy(
+        F.dense(F.relu(F.dense(H, p["fc1_weight"], p["fc1_bias"])), p["fc2_weight"], p["fc2_bias"]), y), H)
+    net = jit(lenet)
+    batch_loss = loss_and_correct(net, is_training=True)
+    opt = SGD(lr=0.1)
+    opt_state = opt.init(params)
+
+    def forward_only():
+        batch_loss(params, state, X, y)
+
+    def forward_backward():
+        with autograd.record():
+            loss, _ = batch_loss(params, state, X, y)
+        loss.backward()
+
+    def update():
+        opt.update(params, {k: p.grad for k, p in params.items()}, opt_state)
+
+    rows += [("whole graph: forward (train mode, loss in graph, state written back)", _median_ms(forward_only, repeat)),
+             ("whole graph: forward+backward", _median_ms(forward_backward, repeat)),
+             ("SGD update of the 10 parameters", _median_ms(update, repeat))]
+    return rows
+
+
 def _synthetic_batches(ctx, batch_size, count, seed=0):
     rng = np.random.default_rng(seed)
     X = nd.array(rng.random((batch_size * count, 1, 28, 28)), ctx=ctx)
@@ -333,6 +390,10 @@ def run_bench(ctx_spec="cpu", batch_size=128, repeat=20, quick=False, model_roun
     for m in models:
         if head and "error" not in m:
             m["ratio_to_gluon"] = m["images_per_sec"] / head["images_per_sec"]
+    torch = next((m for m in models if m["variant"] == "torch-eager" and "error" not in m), None)
+    for m in models:
+        if torch and "error" not in m:
+            m["ratio_to_torch"] = m["images_per_sec"] / torch["images_per_sec"]
     default = next((m for m in models if m["variant"] == "mxbn-static" and "error" not in m), None)
     return dict(
         context=str(ctx), batch_size=batch_size, quick=quick, model_rounds=rounds, threads=_runtime.thread_settings(),
@@ -362,6 +423,11 @@ def format_table(result):
                      f"{m['epoch_seconds']:>10.2f}{m['peak_rss_mb']:>13.0f}{m.get('ratio_to_gluon', float('nan')):>9.2f}x"
                      + "  " + " ".join(f"{x:.0f}" for x in m.get("images_per_sec_all", []))
                      + (f"  ({m['note']})" if m.get("note") else ""))
+    default = next((m for m in result["models"] if m["variant"] == "mxbn-static" and "error" not in m), None)
+    if default:
+        lines += ["", "default trainer (mxbn-static: models.lenet through mxbn.jit, the trainer's own step): "
+                      f"{default.get('ratio_to_gluon', float('nan')):.2f}x Gluon hybridized, "
+                      f"{default.get('ratio_to_torch', float('nan')):.2f}x PyTorch eager"]
     p = result["pipeline"]
     frac = p["fraction_of_mxbn_epoch"]
     lines += ["", f"input pipeline alone: {p['seconds_per_epoch']:.3f} s per epoch"

@@ -53,7 +53,14 @@ def _accepts_every_array_kind(op):
     """
     @functools.wraps(op)
     def wrapper(*args, **kwargs):
-        if not any(_is_np(a) for a in args) and not any(_is_np(v) for v in kwargs.values()):
+        values = list(args) + list(kwargs.values())
+        if any(isinstance(v, sym.Symbol) for v in values):
+            captured = [type(v).__name__ for v in values if isinstance(v, nd.NDArray)]
+            if captured:
+                raise tracing.TracingError(
+                    f"{op.__name__}: got a {captured[0]} next to traced arrays inside mxbn.jit; pass every array "
+                    f"as an argument of the jitted function (constants are not captured)")
+        if not any(_is_np(v) for v in values):
             return op(*args, **kwargs)
         args = [a.as_nd_ndarray() if _is_np(a) else a for a in args]
         kwargs = {k: v.as_nd_ndarray() if _is_np(v) else v for k, v in kwargs.items()}

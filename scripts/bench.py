@@ -3,6 +3,7 @@
 
     python scripts/bench.py                  # full run: table on stdout, JSON in --json
     python scripts/bench.py --quick          # seconds, for smoke tests
+    python scripts/bench.py --breakdown      # where one default training step's time goes
 
 Argument parsing only; the logic is mxbn.bench.
 """
@@ -14,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import mxbn  # noqa: E402,F401  (thread defaults before mxnet loads)
 from mxbn.atomic import atomic_write_json  # noqa: E402
-from mxbn.bench import format_table, run_bench  # noqa: E402
+from mxbn.bench import format_table, run_bench, step_breakdown  # noqa: E402
 from mxbn.context import ContextError  # noqa: E402
 
 
@@ -26,10 +27,17 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved rounds of the model-level variants (median reported)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: checks that it runs")
+    p.add_argument("--breakdown", action="store_true",
+                   help="only the per-layer/per-part timing of one default training step")
     p.add_argument("--json", default=os.path.join("runs", "bench.json"), help="where to write the results")
     a = p.parse_args(argv)
     if a.batch_size < 2 or a.repeat < 1 or a.rounds < 1:
         p.error("--batch-size must be >= 2, --repeat and --rounds >= 1")
+    if a.breakdown:
+        from mxbn.context import resolve_context
+        for part, ms in step_breakdown(resolve_context(a.ctx), a.batch_size, a.repeat):
+            print(f"{part:<72}{ms:>9.3f} ms")
+        return 0
     try:
         result = run_bench(a.ctx, a.batch_size, a.repeat, a.quick, a.rounds, log=lambda m: print(m, file=sys.stderr))
     except ContextError as e:

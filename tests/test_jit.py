@@ -156,8 +156,11 @@ def test_an_nd_operator_on_a_traced_array_is_named():
 
 def test_a_captured_array_and_mixed_contexts_are_refused():
     gamma, beta, mm, mv = nd.ones(3), nd.zeros(3), nd.zeros(3), nd.ones(3)
-    with pytest.raises(mxbn.TracingError, match="gamma is a NDArray inside mxbn.jit.*pass every array"):
+    with pytest.raises(mxbn.TracingError, match="batch_norm: got a NDArray next to traced arrays.*pass every array"):
         mxbn.jit(lambda X: mxbn.batch_norm(X, gamma, beta, True, mm, mv))(nd.ones((4, 3)))
+    labels = nd.array([0, 1, 2, 0])
+    with pytest.raises(mxbn.TracingError, match="softmax_cross_entropy: got a NDArray next to traced arrays"):
+        mxbn.jit(lambda X: mxbn.softmax_cross_entropy(X, labels))(nd.ones((4, 3)))
     with pytest.raises(ValueError, match=r"is on cpu\(1\) but .* is on cpu\(0\)"):
         mxbn.jit(lambda X, W: mxbn.dense(X, W))(nd.ones((4, 3)), nd.ones((2, 3), ctx=mx.cpu(1)))
 
