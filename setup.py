@@ -27,6 +27,7 @@ setup(
     # requirements.txt pins per Python version; 3.9-3.14 are tested (README's table)
     python_requires=">=3.8",
     install_requires=read_requirements("requirements.txt"),
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    # the test extra also runs docs/tutorial.ipynb in a real Jupyter kernel
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
 )

@@ -17,7 +17,7 @@ LR_SCHEDULES = ("constant", "step", "cosine")
 GRAPHS = ("static", "imperative")
 
 # Options a resumed run may change; every other one must match the checkpoint.
-RESUME_MAY_CHANGE = ("ctx", "data_dir", "epochs")
+RESUME_MAY_CHANGE = ("ctx", "data_dir", "epochs", "trace_bn")
 
 
 class ConfigError(ValueError):
@@ -56,6 +56,7 @@ class TrainConfig:
     kvstore: Optional[str] = None       # None: "device" for several contexts, no kvstore for one;
                                         # "dist_sync"/"dist_device_sync": one worker of several processes
     bn_sync: bool = False               # BN statistics over the whole batch across this process's devices
+    trace_bn: bool = False              # percentiles of each BN layer's input over training (bn_trace.png)
 
     def validate(self):
         """Raise ConfigError for the first invalid option; returns self."""
@@ -77,6 +78,8 @@ class TrainConfig:
             if len(devices) < 2:
                 raise ConfigError(f"bn_sync synchronizes the devices of one process, and ctx {self.ctx!r} names "
                                   f"one; list several (e.g. --ctx gpu:0,gpu:1) or leave out --bn-sync")
+        if self.trace_bn and not self.use_bn:
+            raise ConfigError("trace_bn follows the batch-norm layers; it cannot be combined with --no-bn")
         if (len(devices) > 1 and devices[0][0] == "cpu" and self.bn_impl == "scratch"
                 and self.graph == "imperative"):
             # its imperative statistics are GEMVs; MXNet's OpenBLAS hangs when two CPU contexts call it at

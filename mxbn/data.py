@@ -35,6 +35,7 @@ class DatasetInfo:
     namespace: str        # folder in MXNet's dataset repository and cache
     sha1: dict            # sha1 of each published .gz file, as MXNet's gluon datasets check them
     system_dirs: tuple    # folders of distribution packages that ship the files
+    class_names: tuple = tuple(str(k) for k in range(10))  # label k is class_names[k]
 
 
 DATASETS = {
@@ -45,7 +46,10 @@ DATASETS = {
               "t10k-images-idx3-ubyte.gz": "626ed6a7c06dd17c0eec72fa3be1740f146a2863",
               "t10k-labels-idx1-ubyte.gz": "17f9ab60e7257a1620f4ad76bbbaf857c3920701"},
         # Debian/Ubuntu package dataset-fashion-mnist (recompressed .gz, same content)
-        system_dirs=("/usr/share/datasets/fashion-mnist",)),
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+        # the names of Fashion-MNIST's README, in label order
+        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                     "Ankle boot")),
     "mnist": DatasetInfo(
         namespace="mnist",
         sha1={"train-images-idx3-ubyte.gz": "6c95f4b05d2bf285e1bfb0e7960c31bd3b3f8a7d",

@@ -25,7 +25,7 @@ atexit.register(nd.waitall)
 
 __all__ = [
     "batch_norm", "conv2d", "max_pool2d", "avg_pool2d", "dense", "flatten",
-    "relu", "sigmoid", "tanh", "dropout", "softmax_cross_entropy", "accuracy",
+    "relu", "sigmoid", "tanh", "dropout", "softmax", "top_class", "percentiles", "softmax_cross_entropy", "accuracy",
     "correct_count", "BATCH_NORM_IMPLS",
 ]
 
@@ -621,6 +621,41 @@ def dropout(X, p, is_training):
         return X
     # mode="always" makes the kernel obey is_training instead of autograd's flag.
     return _ops(X).Dropout(X, p=float(p), mode="always")
+
+
+@_accepts_every_array_kind
+def softmax(logits):
+    """Class probabilities of (N, K) logits: softmax over axis 1."""
+    if len(_check_array(logits, "softmax", "logits")) != 2:
+        raise ValueError(f"softmax: logits must have shape (N, K), got {_shape(logits, 'softmax')}")
+    return _ops(logits).softmax(logits, axis=1)
+
+
+def top_class(probs):
+    """(index of the largest entry of each row, that entry) of an (N, K) array: two (N,) arrays."""
+    if isinstance(probs, mx.numpy.ndarray):
+        index, value = top_class(probs.as_nd_ndarray())
+        return index.as_np_ndarray(), value.as_np_ndarray()
+    if len(_check_array(probs, "top_class", "probs")) != 2:
+        raise ValueError(f"top_class: probs must have shape (N, K), got {_shape(probs, 'top_class')}")
+    F = _ops(probs)
+    return F.argmax(probs, axis=1), F.max(probs, axis=1)
+
+
+@_accepts_every_array_kind
+def percentiles(X, qs):
+    """Nearest-rank percentiles ``qs`` (numbers in [0, 100]) of all values of X, as a (len(qs),) array.
+
+    The value of rank ceil(q/100 * n) (1-based, at least 1) of the n sorted
+    values; computed on the device (one sort).
+    """
+    n = int(np.prod(_check_array(X, "percentiles")))
+    if not qs or any(isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= q <= 100 for q in qs):
+        raise ValueError(f"percentiles: qs must be numbers in [0, 100], got {qs!r}")
+    ranks = [max(1, int(np.ceil(q / 100.0 * n))) - 1 for q in qs]
+    F = _ops(X)
+    ordered = F.sort(X.reshape((n,)), axis=0)
+    return F.concat(*[F.slice_axis(ordered, axis=0, begin=r, end=r + 1) for r in ranks], dim=0)
 
 
 @_accepts_every_array_kind

@@ -8,7 +8,7 @@ no hidden state.  Names: ``conv1_weight``, ``bn1_gamma``, ``bn1_moving_mean``, .
 from . import functional as F
 from . import init as I
 
-__all__ = ["lenet_params", "lenet", "lenet_conv", "lenet_pool", "lenet_head", "LENET_BLOCKS", "mlp_params",
+__all__ = ["lenet_params", "lenet", "lenet_layers", "lenet_conv", "lenet_pool", "lenet_head", "LENET_BLOCKS", "mlp_params",
            "mlp", "ACTIVATIONS", "min_train_batch_size", "uses_batch_norm"]
 
 ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "tanh": F.tanh}
@@ -82,15 +82,27 @@ def lenet_head(params, H):
     return F.dense(H, params["fc2_weight"], params["fc2_bias"])
 
 
-def lenet(params, state, X, is_training, bn_impl="fused", bn_momentum=0.9):
-    """Logits (N, 10) of LeNet for images X (N, 1, 28, 28). BN is used iff ``params`` has it."""
+def lenet_layers(params, state, X, is_training, bn_impl="fused", bn_momentum=0.9):
+    """(logits, taps): the LeNet forward, and per batch-norm layer ``(name, its input, its output)``.
+
+    Under mxbn.jit only what the caller returns is computed, so ``lenet`` (the
+    logits alone) pays nothing for the taps.
+    """
     H = X
+    taps = []
     for i in LENET_BLOCKS:
         H = lenet_conv(params, i, H)
         if f"bn{i}_gamma" in params:
-            H = _bn(params, state, f"bn{i}", H, is_training, bn_impl, bn_momentum)
+            normalized = _bn(params, state, f"bn{i}", H, is_training, bn_impl, bn_momentum)
+            taps.append((f"bn{i}", H, normalized))
+            H = normalized
         H = lenet_pool(H)
-    return lenet_head(params, H)
+    return lenet_head(params, H), taps
+
+
+def lenet(params, state, X, is_training, bn_impl="fused", bn_momentum=0.9):
+    """Logits (N, 10) of LeNet for images X (N, 1, 28, 28). BN is used iff ``params`` has it."""
+    return lenet_layers(params, state, X, is_training, bn_impl, bn_momentum)[0]
 
 
 def mlp_params(ctx, sizes, use_bn=False, init="he", seed=0, init_scale=I.DEFAULT_NORMAL_SCALE):

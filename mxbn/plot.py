@@ -1,23 +1,33 @@
-"""Training curves from a saved history (matplotlib, Agg backend: no display needed).
+"""Pictures of a run from its saved results (matplotlib, Agg backend: no display needed):
+training curves, the test-set confusion matrix, and a grid of test predictions.
 
 gluoncv's TrainingHistory draws one panel with a fixed [0, 1] y-range, which
 cuts off losses above 1, so the curves are drawn here: loss and accuracy side by side.
 """
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from .atomic import atomic_path
 
-from .atomic import atomic_path  # noqa: E402
+__all__ = ["plot_history", "plot_confusion", "plot_predictions", "plot_bn_trace", "save_figure", "subplots"]
 
-__all__ = ["plot_history", "save_figure", "plt"]
+
+def subplots(nrows=1, ncols=1, figsize=None, **kwargs):
+    """(figure, axes) like ``pyplot.subplots``, without pyplot.
+
+    A bare Figure draws with the Agg canvas, needs no display, and stays out of
+    pyplot's global figure list and its IPython event-loop hooks (which failed
+    with some IPython/matplotlib pairs inside Jupyter).
+    """
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def plot_history(history, path, title="LeNet training"):
     """Write a PNG of train/test loss and accuracy per epoch; returns ``path``."""
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax_loss.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
@@ -32,10 +42,76 @@ def plot_history(history, path, title="LeNet training"):
     return save_figure(fig, path)
 
 
+def plot_confusion(counts, class_names, path, title="confusion matrix"):
+    """Write a PNG of a confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    counts = np.asarray(counts)
+    k = len(class_names)
+    fig, ax = subplots(figsize=(1.0 + 0.7 * k, 0.8 + 0.6 * k))
+    image = ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(k), labels=class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels=class_names)
+    ax.set(xlabel="predicted", ylabel="true")
+    limit = counts.max() / 2 if counts.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if counts[i, j] > limit else "black")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"{title}\n{counts.sum()} test images, accuracy {accuracy:.4f}")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return save_figure(fig, path)
+
+
+def plot_predictions(images, true_labels, predicted, probabilities, class_names, path, columns=8,
+                     title="test predictions"):
+    """Write a PNG grid of images titled "predicted (probability)", with the true class under
+    each mistake, which is framed in red."""
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig, axes = subplots(rows, columns, figsize=(1.6 * columns, 2.2 * rows), squeeze=False)
+    mistakes = 0
+    for ax, i in zip(axes.flat, range(rows * columns)):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        wrong = predicted[i] != true_labels[i]
+        mistakes += int(wrong)
+        ax.set_title(f"{class_names[predicted[i]]} ({probabilities[i]:.2f})", fontsize=8,
+                     color="red" if wrong else "black")
+        if wrong:
+            ax.set_xlabel(f"true: {class_names[true_labels[i]]}", fontsize=8, color="red")
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(2)
+    fig.suptitle(f"{title}: {n - mistakes} of {n} right (mistakes in red)")
+    return save_figure(fig, path)
+
+
+def plot_bn_trace(trace, path, title="batch-norm inputs over training"):
+    """Write a PNG of the BN paper's percentile bands per BN layer, before and after normalization."""
+    layers = list(trace["layers"])
+    q_low, q_mid, q_high = trace["percentiles"]
+    fig, axes = subplots(max(1, len(layers)), 2, figsize=(10, 3 * max(1, len(layers))), squeeze=False)
+    for row, name in zip(axes, layers):
+        for ax, side, label in zip(row, ("before", "after"), ("input (before normalization)",
+                                                             "output (normalized, moving statistics)")):
+            bands = np.asarray(trace["layers"][name][side])
+            ax.fill_between(trace["steps"], bands[:, 0], bands[:, 2], alpha=0.3,
+                            label=f"{q_low}th-{q_high}th percentile")
+            ax.plot(trace["steps"], bands[:, 1], label=f"{q_mid}th percentile (median)")
+            ax.set(xlabel="training step", title=f"{name} channel {trace['channel']}: {label}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
 def save_figure(fig, path, dpi=100):
     """Write ``fig`` as PNG atomically and close it; returns ``path``."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
     return path

@@ -2,7 +2,8 @@
 
 Joins the pieces: context, seeding, data, model, optimizer, LR schedule and
 ``fit``; writes ``config.json``, ``checkpoint.params`` (after every epoch),
-``metrics.json``, ``metrics.csv`` and ``curves.png`` into the output folder,
+``metrics.json``, ``metrics.csv``, ``curves.png``, and at the end ``evaluation.json`` with
+``confusion.png`` and ``predictions.png`` into the output folder,
 each atomically.
 """
 import csv
@@ -12,29 +13,35 @@ import json
 import os
 import signal
 
+import numpy as np
+
 from . import __version__, _runtime
 from .atomic import atomic_write_json, atomic_write_text
+from .bn_trace import BNTrace, merge as merge_traces
 from .augment import random_flip_shift
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .context import resolve_context, resolve_contexts
-from .data import load_dataset, to_device
+from .data import DATASETS, load_dataset, to_device
 from .jit import jit
-from .models import lenet, lenet_params, min_train_batch_size
+from .models import LENET_BLOCKS, lenet, lenet_params, min_train_batch_size
 from .optim import make_optimizer
 from .parallel import (LENET_STAGES, DataParallelStep, create_kvstore, fingerprint, is_distributed,
                        jitted_lenet_stages, lenet_across_devices,
                        per_device, shard)
-from .plot import plot_history
+from .plot import plot_bn_trace, plot_confusion, plot_history, plot_predictions
 from .seeding import seed_everything
-from .train import evaluate, fit
+from .train import confusion_matrix, evaluate, fit, predict
 
 __all__ = ["train_cnn", "eval_checkpoint", "prepare_out_dir", "make_lr_schedule",
            "RUN_FILES", "OutDirError"]
 
 CHECKPOINT = "checkpoint.params"
 METRICS = "metrics.json"
-RUN_FILES = ("config.json", CHECKPOINT, METRICS, "metrics.csv", "curves.png")
+EVALUATION = "evaluation.json"
+BN_TRACE = "bn_trace.json"
+RUN_FILES = ("config.json", CHECKPOINT, METRICS, "metrics.csv", "curves.png", EVALUATION, "confusion.png",
+             "predictions.png", BN_TRACE, "bn_trace.png")
 
 
 class OutDirError(ConfigError):
@@ -122,6 +129,49 @@ def _write_results(out_dir, config, dataset, ctx, history, workers=1):
     title = f"LeNet{'-BN' if config.use_bn else ''} on {dataset.name}"
     plot_history(history, os.path.join(out_dir, "curves.png"), title=title)
     return metrics
+
+
+TRACE_PROBE_IMAGES = 256   # the fixed test batch whose BN inputs --trace-bn follows
+TRACE_POINTS_PER_EPOCH = 20
+PREDICTION_GRID = 32  # test images shown in predictions.png
+
+
+def evaluate_predictions(net, params, state, test, dataset_name, batch_size):
+    """The saved result behind the pictures: confusion matrix and the first test predictions."""
+    X, y = test
+    predicted, probability = predict(net, params, state, X, batch_size)
+    true = y.asnumpy().astype(np.int64)
+    names = DATASETS[dataset_name].class_names
+    counts = confusion_matrix(true, predicted, len(names))
+    n = min(PREDICTION_GRID, len(true))
+    return dict(dataset=dataset_name, class_names=list(names), test_images=int(len(true)),
+                accuracy=float(np.trace(counts)) / len(true), confusion=counts.tolist(),
+                sample=dict(true=true[:n].tolist(), predicted=predicted[:n].tolist(),
+                            probability=[float(p) for p in probability[:n]]))
+
+
+def draw_pictures(out_dir, evaluation, test_images, title):
+    """confusion.png and predictions.png from a saved evaluation and the test images it refers to."""
+    names = evaluation["class_names"]
+    sample = evaluation["sample"]
+    plot_confusion(evaluation["confusion"], names, os.path.join(out_dir, "confusion.png"),
+                   title=f"{title}: test-set confusion matrix")
+    plot_predictions(test_images[:len(sample["true"])], sample["true"], sample["predicted"],
+                     sample["probability"], names, os.path.join(out_dir, "predictions.png"),
+                     title=f"{title}: the first test images")
+
+
+def _write_bn_trace(out_dir, trace, layer_names, dataset_name):
+    """bn_trace.json (this session's records after a resumed run's earlier ones) and bn_trace.png."""
+    path = os.path.join(out_dir, BN_TRACE)
+    earlier = None
+    if os.path.exists(path):
+        with open(path) as f:
+            earlier = json.load(f)
+    data = merge_traces(earlier, trace.read(layer_names))
+    atomic_write_json(path, data)
+    plot_bn_trace(data, os.path.join(out_dir, "bn_trace.png"),
+                  title=f"LeNet-BN on {dataset_name}: one channel per BN layer on {TRACE_PROBE_IMAGES} test images")
 
 
 def _build(config, ctx, log, rank=0, workers=1):
@@ -276,11 +326,19 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
     augment = (functools.partial(random_flip_shift, max_shift=config.max_shift) if config.augment else None)
     # each device's slice needs the batch statistics' minimum
     min_batch = len(contexts) * min_train_batch_size(params, dense_bn=False)
+    trace = None
+    if config.trace_bn:
+        iters_per_epoch = -(-train[0].shape[0] // config.batch_size)
+        trace = BNTrace(test[0][:TRACE_PROBE_IMAGES], max(1, iters_per_epoch // TRACE_POINTS_PER_EPOCH),
+                        config.graph, config.bn_impl, config.bn_momentum)
+        if start is None:
+            trace(0, params, state)  # the distribution before any training
     with _StopFlag() as stop:
         history = fit(net, params, state, optimizer, opt_state, train, test, config.epochs, config.batch_size,
                       seed=config.seed, lr_schedule=schedule, augment=augment, min_batch_size=min_batch,
                       start=start, history=history, on_epoch_end=on_epoch_end, on_interrupt=on_interrupt,
-                      stop_requested=stop, on_nan=on_nan, progress=progress and primary, log=log, step=step)
+                      stop_requested=stop, on_nan=on_nan, progress=progress and primary, log=log, step=step,
+                      after_step=trace)
     total = sum(h["seconds"] for h in history)
     if kv is not None:
         # equal fingerprints in every worker's log show that the copies stayed identical
@@ -291,6 +349,12 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
     if not primary:
         return None
     metrics = _write_results(out_dir, config, dataset, devices, history, workers)
+    evaluation = evaluate_predictions(net, params, state, test, dataset.name, config.batch_size)
+    atomic_write_json(os.path.join(out_dir, EVALUATION), evaluation)
+    draw_pictures(out_dir, evaluation, dataset.test_images[:config.limit_test],
+                  f"LeNet{'-BN' if config.use_bn else ''} on {dataset.name}")
+    if trace is not None:
+        _write_bn_trace(out_dir, trace, [f"bn{i}" for i in LENET_BLOCKS], dataset.name)
     final = metrics["final"]
     log(f"done: {len(history)} epochs, final test accuracy {final['test_acc']:.4f} "
         f"(best {metrics['best']['test_acc']:.4f} at epoch {metrics['best']['epoch']}), "
@@ -302,9 +366,8 @@ def _prefixed(log, prefix):
     return lambda message: log(prefix + message)
 
 
-def eval_checkpoint(path, ctx_spec="gpu", data_dir=None, log=print):
-    """Evaluate a checkpoint on its dataset's test split; returns (loss, accuracy, recorded accuracy)."""
-    ctx = resolve_context(ctx_spec, warn=log)
+def load_lenet_checkpoint(path, ctx):
+    """(checkpoint, its TrainConfig) of a LeNet checkpoint, checked against the architecture it names."""
     ckpt = load_checkpoint(path, ctx)
     config = TrainConfig.from_dict(ckpt["meta"]["config"])
     if ckpt["meta"].get("model") != "lenet":
@@ -312,6 +375,13 @@ def eval_checkpoint(path, ctx_spec="gpu", data_dir=None, log=print):
     expected_params, expected_state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=0)
     check_compatible(path, expected_params, ckpt["params"], "parameters")
     check_compatible(path, expected_state, ckpt["state"], "batch-norm statistics")
+    return ckpt, config
+
+
+def eval_checkpoint(path, ctx_spec="gpu", data_dir=None, log=print):
+    """Evaluate a checkpoint on its dataset's test split; returns (loss, accuracy, recorded accuracy)."""
+    ctx = resolve_context(ctx_spec, warn=log)
+    ckpt, config = load_lenet_checkpoint(path, ctx)
     dataset = load_dataset(config.dataset, data_dir or config.data_dir)
     X, y = to_device(dataset.test_images, dataset.test_labels, ctx, config.limit_test)
     net = make_net(config)

@@ -18,7 +18,7 @@ from .data import epoch_batches
 from .jit import Jitted, jit
 from .seeding import augment_rng, epoch_seed, shuffle_rng
 
-__all__ = ["fit", "evaluate", "loss_and_correct", "SingleDeviceStep", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["fit", "evaluate", "predict", "confusion_matrix", "loss_and_correct", "SingleDeviceStep", "TrainingDiverged", "TrainingInterrupted"]
 
 # Batches between two reads of the running metrics.  Reading is a host-device
 # sync point; without any, Python would queue the whole epoch on MXNet's
@@ -72,6 +72,28 @@ def evaluate(net, params, state, X, y, batch_size):
     return float(loss_sum.asscalar()) / n, float(correct.asscalar()) / n
 
 
+def predict(net, params, state, X, batch_size):
+    """(predicted class, its softmax probability) for every row of X, in inference mode: numpy arrays.
+
+    One host read at the end, like ``evaluate``.
+    """
+    forward = net.fn if isinstance(net, Jitted) else net
+
+    def classify(params, state, X):
+        return F.top_class(F.softmax(forward(params, state, X, False)))
+
+    classify = jit(classify) if isinstance(net, Jitted) else classify
+    labels, probs = zip(*(classify(params, state, X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)))
+    return nd.concat(*labels, dim=0).asnumpy().astype(np.int64), nd.concat(*probs, dim=0).asnumpy()
+
+
+def confusion_matrix(true_labels, predicted, num_classes):
+    """counts[i, j] = how many samples of class i were predicted as class j."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(true_labels, np.int64), np.asarray(predicted, np.int64)), 1)
+    return counts
+
+
 def _first_non_finite(batch_losses, first, stop):
     """Index of the first non-finite loss among batches [first, stop), or None (a sync point)."""
     bad = np.flatnonzero(~np.isfinite(batch_losses[first:stop].asnumpy()))
@@ -115,7 +137,7 @@ class SingleDeviceStep:
 def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epochs, batch_size, seed=0,
         lr_schedule=None, augment=None, min_batch_size=1, start=None, history=None, on_epoch_end=None,
         on_interrupt=None, stop_requested=None, on_nan="stop", max_skipped=10, progress=False, log=print,
-        step=None):
+        step=None, after_step=None):
     """Train ``net`` in place and return the history (a list of per-epoch dicts).
 
     Parameters
@@ -146,6 +168,8 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
     max_skipped : int -- with "skip", more skipped batches than this in an epoch stop training
     progress : bool -- tqdm progress bar with running loss/accuracy
     log : callable(str) -- where the per-epoch line goes
+    after_step : callable(global step, params, state) or None -- called after every applied update
+        (e.g. ``mxbn.bn_trace.BNTrace``); must not read values back to the host
     step : the training step, or None for ``SingleDeviceStep(net, params, state, optimizer, opt_state)``;
         ``mxbn.parallel.DataParallelStep`` trains on several devices (``params``/``state`` are then
         its first replica, which evaluation reads)
@@ -199,6 +223,8 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
                 continue
             lr = lr_schedule(iteration + b) if lr_schedule is not None else None
             step.apply(lr)
+            if after_step is not None:
+                after_step(iteration + b + 1, params, state)
             batch_losses[b] = loss
             loss_sum += loss * X.shape[0]
             correct += batch_correct

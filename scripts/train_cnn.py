@@ -66,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--graph", default=D.graph, choices=GRAPHS,
                    help="static: models.lenet through mxbn.jit, one planned MXNet graph (same numbers, "
                         "faster); imperative: mxbn's functional ops one by one")
+    p.add_argument("--trace-bn", action="store_true",
+                   help="record the 15th/50th/85th percentiles of every BN layer's input and output over "
+                        "training on a fixed test batch; writes bn_trace.json and bn_trace.png")
     p.add_argument("--init", default=D.init, choices=mxbn.init.INIT_NAMES)
     p.add_argument("--init-scale", type=float, default=D.init_scale, help="std for --init normal")
     p.add_argument("--seed", type=int, default=D.seed)
@@ -91,7 +94,8 @@ def config_from_args(args):
         momentum=args.momentum, weight_decay=args.weight_decay, use_bn=not args.no_bn,
         bn_momentum=args.bn_momentum, bn_impl=args.bn_impl, graph=args.graph, init=args.init, init_scale=args.init_scale,
         seed=args.seed, augment=args.augment, max_shift=args.max_shift, limit_train=args.limit_train,
-        limit_test=args.limit_test, kvstore=args.kvstore, bn_sync=args.bn_sync)
+        limit_test=args.limit_test, kvstore=args.kvstore, bn_sync=args.bn_sync,
+        trace_bn=args.trace_bn)
 
 
 def main(argv=None):

@@ -13,7 +13,7 @@ from .. import models
 from ..data import load_dataset, to_device
 from ..jit import jit
 from ..optim import SGD
-from ..plot import plt, save_figure
+from ..plot import save_figure, subplots
 from ..train import TrainingDiverged, fit
 from .common import save_metrics, verdict
 
@@ -52,7 +52,7 @@ def run(out_dir, ctx, quick=False, log=print):
         h = runs[key]
         return [e["test_acc"] for e in h] if h else None
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     for key, style in (("bn lr 0.2", "o-"), ("no-bn lr 0.2", "s--")):
         if accs(key):
             ax.plot(range(1, epochs + 1), accs(key), style, label=key.replace("bn", "BN").replace("no-BN", "no BN"))
@@ -62,7 +62,7 @@ def run(out_dir, ctx, quick=False, log=print):
     save_figure(fig, os.path.join(out_dir, "bn_vs_nobn.png"))
 
     final = {key: (h[-1]["test_acc"] if h else float("nan")) for key, h in runs.items()}
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     for prefix, style, label in (("bn", "o-", "with BN"), ("no-bn", "s--", "without BN")):
         ax.plot(LRS, [final[f"{prefix} lr {lr}"] for lr in LRS], style, label=label)
     ax.set(xscale="log", xlabel="learning rate", ylabel=f"test accuracy after {epochs} epochs",

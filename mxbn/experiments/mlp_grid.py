@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import models
 from ..optim import SGD
-from ..plot import plt, save_figure
+from ..plot import save_figure, subplots
 from .common import save_metrics, train_mlp_iterations, tutorial_dataset, verdict
 
 TITLE = "BN in practice: an MLP over weight scale, learning rate and activation"
@@ -47,7 +47,7 @@ def run(out_dir, ctx, quick=False, log=print):
             curves[(name, use_bn)] = accs
             log(f"mlp-grid: {name}, {'BN' if use_bn else 'no BN'}: final test accuracy {accs[-1][1]:.4f}")
 
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharey=True)
+    fig, axes = subplots(2, 4, figsize=(16, 7), sharey=True)
     for ax, (name, *_rest) in zip(axes.flat, settings()):
         for use_bn, style in ((True, "-"), (False, "--")):
             its, acc = zip(*curves[(name, use_bn)])

@@ -17,7 +17,7 @@ from mxnet import nd
 
 from .. import models
 from ..optim import SGD, Adam
-from ..plot import plt, save_figure
+from ..plot import save_figure, subplots
 from ..train import TrainingDiverged, fit
 from .common import save_metrics, tutorial_dataset, verdict
 
@@ -72,7 +72,7 @@ def run(out_dir, ctx, quick=False, log=print):
                                                  Adam(lr=0.01), full_train, full_test, ep(30), 256, ctx, log,
                                                  "(c) ReLU + BN, Adam lr 0.01")
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+    fig, axes = subplots(1, 3, figsize=(15, 4.5), sharey=True)
     for ax, part in zip(axes, "abc"):
         for label, accs in runs.items():
             if label.startswith(f"({part})") and accs:

@@ -12,7 +12,7 @@ from mxnet import nd
 
 from .. import models
 from ..optim import make_optimizer
-from ..plot import plt, save_figure
+from ..plot import save_figure, subplots
 from .common import save_metrics, smooth, train_mlp_iterations, tutorial_dataset, verdict
 
 TITLE = "Optimizers: SGD, Momentum, AdaGrad, Adam"
@@ -46,7 +46,7 @@ def sign_changes(values):
 def run(out_dir, ctx, quick=False, log=print):
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: trajectory(name, lr) for name, lr, _ in OPTIMIZERS}
-    fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+    fig, axes = subplots(2, 2, figsize=(10, 8))
     gx, gy = np.meshgrid(np.linspace(-10, 10, 200), np.linspace(-5, 5, 200))
     for ax, (name, lr, _) in zip(axes.flat, OPTIMIZERS):
         p = paths[name]
@@ -66,7 +66,7 @@ def run(out_dir, ctx, quick=False, log=print):
         curves[name] = train_mlp_iterations(models.mlp, params, state, make_optimizer(name, lr), train,
                                             iterations, 128, seed=0)
         log(f"optimizers: {name} final smoothed loss {smooth(curves[name])[-1]:.4f}")
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     for name, _, lr in OPTIMIZERS:
         ax.plot(smooth(curves[name]), label=f"{name} (lr {lr})")
     ax.set(xlabel="iteration", ylabel="training loss (moving average of 50)", yscale="log",

@@ -17,7 +17,7 @@ from mxnet import autograd, nd
 
 from .. import models
 from ..optim import SGD
-from ..plot import plt, save_figure
+from ..plot import save_figure, subplots
 from .common import save_metrics, verdict
 
 WIDTH, N_TRAIN, N_TEST, NOISE = 32, 1000, 500, 0.1
@@ -85,7 +85,7 @@ def run_batch_size(out_dir, ctx, quick=False, log=print):
     def gain(depth, act, bs):  # no-BN MSE / BN MSE: > 1 means BN helps
         return final[f"{_label(depth, act, False)} | batch {bs}"] / final[f"{_label(depth, act, True)} | batch {bs}"]
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = subplots(figsize=(8, 5))
     for bs, style in ((10, "o--"), (50, "s-")):
         for act in ACTS:
             ax.plot(DEPTHS, [gain(d, act, bs) for d in DEPTHS], style, label=f"{act}, batch {bs}")
@@ -122,7 +122,7 @@ def run_lr_sensitivity(out_dir, ctx, quick=False, log=print):
         vals = [final[(d, a, bn, lr)] for lr in LRS]
         return np.nanmax(vals) / np.nanmin(vals)
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(13, 5), sharey=True)
     for ax, act in zip(axes, ACTS):
         for d in DEPTHS:
             for bn, style in ((True, "-"), (False, "--")):

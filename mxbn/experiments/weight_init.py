@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import models
 from ..optim import SGD
-from ..plot import plt, save_figure
+from ..plot import save_figure, subplots
 from .common import save_metrics, smooth, train_mlp_iterations, tutorial_dataset, verdict
 
 TITLE = "Weight initialisation"
@@ -40,7 +40,7 @@ def activations(activation, std_of_fan_in, seed=0):
 def run(out_dir, ctx, quick=False, log=print):
     os.makedirs(out_dir, exist_ok=True)
     acts = {f"{a} {name}": activations(a, std) for a, name, std in SETTINGS}
-    fig, axes = plt.subplots(len(SETTINGS), LAYERS, figsize=(14, 2.2 * len(SETTINGS)))
+    fig, axes = subplots(len(SETTINGS), LAYERS, figsize=(14, 2.2 * len(SETTINGS)))
     for row, (label, layers) in zip(axes, acts.items()):
         for i, (ax, h) in enumerate(zip(row, layers)):
             rng = (0, 1) if label.startswith("sigmoid") else ((-1, 1) if label.startswith("tanh") else (0, 3))
@@ -63,7 +63,7 @@ def run(out_dir, ctx, quick=False, log=print):
                                           init_scale=scale or 0.01)
         curves[label] = train_mlp_iterations(models.mlp, params, state, SGD(lr=0.01), train, iterations, 128, 0)
         log(f"init: {label} final smoothed loss {smooth(curves[label])[-1]:.4f}")
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     for label, c in curves.items():
         ax.plot(smooth(c), label=label)
     ax.set(xlabel="iteration", ylabel="training loss (moving average of 50)",

@@ -1,0 +1,86 @@
+"""Classify image files with a trained LeNet checkpoint (the logic of ``scripts/predict.py``).
+
+The LeNet sees what it was trained on: one 28x28 grayscale channel scaled to
+[0, 1].  Other images are converted (colour to grayscale, any size resized to
+28x28), and each conversion is reported with the prediction.  A file that is
+not a readable image gets an error of its own; the other files are still
+classified.
+"""
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from mxnet import nd
+
+from . import functional as F
+from .data import DATASETS, IMAGE_SIZE
+from .run import load_lenet_checkpoint, make_net
+from .context import resolve_context
+
+__all__ = ["ImageError", "Prediction", "load_image", "classify_images"]
+
+
+class ImageError(ValueError):
+    """A file is not an image mxbn can read."""
+
+
+@dataclass
+class Prediction:
+    path: str
+    class_name: str = None
+    probability: float = None
+    notes: list = field(default_factory=list)
+    error: str = None
+
+
+def load_image(path):
+    """(uint8 array (28, 28), notes): the image as the LeNet expects it, and what was converted."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            image.load()
+            notes = []
+            if image.mode != "L":
+                notes.append(f"converted from {image.mode} to grayscale")
+                image = image.convert("L")
+            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                notes.append(f"resized from {image.size[0]}x{image.size[1]} to {IMAGE_SIZE}x{IMAGE_SIZE}")
+                image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+            pixels = np.asarray(image, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageError(f"{path}: not a readable image (PNG or JPEG expected): {e}") from None
+    return pixels, notes
+
+
+def classify_images(checkpoint, paths, ctx_spec="cpu", log=print):
+    """One :class:`Prediction` per path; a bad checkpoint raises CheckpointError before any file is read."""
+    ctx = resolve_context(ctx_spec, warn=log)
+    ckpt, config = load_lenet_checkpoint(checkpoint, ctx)
+    names = DATASETS[config.dataset].class_names
+    net = make_net(config)
+    results, images = [], []
+    for path in paths:
+        try:
+            pixels, notes = load_image(path)
+        except ImageError as e:
+            results.append(Prediction(path, error=str(e)))
+            continue
+        results.append(Prediction(path, notes=notes))
+        images.append(pixels)
+    if images:
+        X = nd.array(np.stack(images)[:, None], ctx=ctx, dtype="float32") / 255.0  # as data.to_device scales
+        logits = net(ckpt["params"], ckpt["state"], X, False)
+        index, probability = F.top_class(F.softmax(logits))
+        ok = [r for r in results if r.error is None]
+        for result, k, p in zip(ok, index.asnumpy().astype(int), probability.asnumpy()):
+            result.class_name, result.probability = names[k], float(p)
+    return results
+
+
+def format_prediction(result):
+    if result.error:
+        return f"error: {result.error}"
+    notes = f"  ({'; '.join(result.notes)})" if result.notes else ""
+    return f"{os.fspath(result.path)}: {result.class_name} ({result.probability:.3f}){notes}"
