@@ -17,6 +17,7 @@ This module imports nothing of mxbn, so the math can depend on it.
 """
 import threading
 
+import numpy as np
 from mxnet import sym
 
 __all__ = ["Trace", "TracingError", "current", "shape_of", "dtype_of"]
@@ -74,7 +75,6 @@ class Trace:
         return self._infer(symbol)[0]
 
     def dtype_of(self, symbol):
-        import numpy as np
         return np.dtype(self._infer(symbol)[1]).name
 
     # ---------------------------------------------------------------- state
