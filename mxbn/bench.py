@@ -128,9 +128,9 @@ def step_breakdown(ctx, batch_size=128, repeat=30):
     for p in params.values():
         p.attach_grad()
     (X, y), = _synthetic_batches(ctx, batch_size, count=1)
-    acts = {}
 
     def layer(name, fn, inp):
+        """Time fn's graph forward+backward on inp; returns its output, the next layer's input."""
         jitted = jit(fn)
         inp.attach_grad()
 
@@ -139,9 +139,9 @@ def step_breakdown(ctx, batch_size=128, repeat=30):
                 out = jitted(params, state, inp, y)
             out.backward()
             return out
-        acts[name] = run().detach()
+        out = run().detach()
         rows.append((f"layer {name} fwd+bwd", _median_ms(run, repeat)))
-        return acts[name]
+        return out
 
     rows = []
     H = layer("conv1 20@5x5", lambda p, s, X, y: F.conv2d(X, p["conv1_weight"]), X)

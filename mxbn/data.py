@@ -19,7 +19,7 @@ from mxnet import nd
 
 __all__ = [
     "DataError", "DATASETS", "Dataset", "read_idx", "load_split", "candidate_dirs", "find_data_dir",
-    "download", "load_dataset", "to_device", "epoch_batches", "write_idx",
+    "download", "load_dataset", "to_device", "images_to_device", "epoch_batches", "write_idx",
 ]
 
 SPLIT_FILES = {
@@ -269,10 +269,13 @@ def to_device(images, labels, ctx, limit=None):
     """
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
+    return images_to_device(images, ctx), nd.array(labels, ctx=ctx, dtype="float32")
+
+
+def images_to_device(images, ctx):
+    """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1] on ``ctx``: what the nets are trained on."""
     X = nd.array(images.reshape(-1, 1, images.shape[1], images.shape[2]), ctx=ctx, dtype="uint8")
-    X = X.astype("float32") / 255.0  # the uint8 copy is 4x smaller to move to a device
-    y = nd.array(labels, ctx=ctx, dtype="float32")
-    return X, y
+    return X.astype("float32") / 255.0  # the uint8 copy is 4x smaller to move to a device
 
 
 def epoch_batches(X, y, batch_size, rng=None, min_batch_size=1):

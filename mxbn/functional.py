@@ -6,9 +6,8 @@ function may change are the ones its docstring calls *state* (``moving_mean`` an
 ``moving_vari`` of :func:`batch_norm`).
 """
 import atexit
-import numbers
-
 import functools
+import numbers
 
 import numpy as np
 import mxnet as mx
@@ -25,8 +24,8 @@ atexit.register(nd.waitall)
 
 __all__ = [
     "batch_norm", "conv2d", "max_pool2d", "avg_pool2d", "dense", "flatten",
-    "relu", "sigmoid", "tanh", "dropout", "softmax", "top_class", "percentiles", "softmax_cross_entropy", "accuracy",
-    "correct_count", "BATCH_NORM_IMPLS",
+    "relu", "sigmoid", "tanh", "dropout", "softmax", "top_class", "percentiles", "softmax_cross_entropy",
+    "accuracy", "correct_count", "BATCH_NORM_IMPLS",
 ]
 
 BATCH_NORM_IMPLS = ("fused", "scratch")

@@ -37,7 +37,7 @@ from mxnet.base import NotImplementedForSymbol
 from . import tracing
 from .tracing import TracingError
 
-__all__ = ["jit", "Jitted", "TracingError"]
+__all__ = ["jit", "Jitted", "TracingError", "unjitted", "jit_like"]
 
 _FLAGS = [("static_alloc", True), ("static_shape", True)]
 
@@ -45,6 +45,16 @@ _FLAGS = [("static_alloc", True), ("static_shape", True)]
 def jit(fn):
     """Compile ``fn`` (a function of arrays written with mxbn's ops) into one static graph per shape."""
     return Jitted(fn)
+
+
+def unjitted(net):
+    """The plain function behind ``net`` (itself if it is not jitted)."""
+    return net.fn if isinstance(net, Jitted) else net
+
+
+def jit_like(net, fn):
+    """``fn`` jitted if ``net`` is, so that a loss or a probe built on the net runs the way the net does."""
+    return jit(fn) if isinstance(net, Jitted) else fn
 
 
 # ---------------------------------------------------------------------- argument trees

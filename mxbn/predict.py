@@ -10,12 +10,11 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from mxnet import nd
 
-from . import functional as F
-from .data import DATASETS, IMAGE_SIZE
-from .run import load_lenet_checkpoint, make_net
 from .context import resolve_context
+from .data import DATASETS, IMAGE_SIZE, images_to_device
+from .run import load_lenet_checkpoint, make_net
+from .train import predict
 
 __all__ = ["ImageError", "Prediction", "load_image", "classify_images"]
 
@@ -70,11 +69,10 @@ def classify_images(checkpoint, paths, ctx_spec="cpu", log=print):
         results.append(Prediction(path, notes=notes))
         images.append(pixels)
     if images:
-        X = nd.array(np.stack(images)[:, None], ctx=ctx, dtype="float32") / 255.0  # as data.to_device scales
-        logits = net(ckpt["params"], ckpt["state"], X, False)
-        index, probability = F.top_class(F.softmax(logits))
+        X = images_to_device(np.stack(images), ctx)
+        index, probability = predict(net, ckpt["params"], ckpt["state"], X, config.batch_size)
         ok = [r for r in results if r.error is None]
-        for result, k, p in zip(ok, index.asnumpy().astype(int), probability.asnumpy()):
+        for result, k, p in zip(ok, index, probability):
             result.class_name, result.probability = names[k], float(p)
     return results
 

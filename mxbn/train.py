@@ -15,7 +15,7 @@ from mxnet import autograd, nd
 
 from . import functional as F
 from .data import epoch_batches
-from .jit import Jitted, jit
+from .jit import jit_like, unjitted
 from .seeding import augment_rng, epoch_seed, shuffle_rng
 
 __all__ = ["fit", "evaluate", "predict", "confusion_matrix", "loss_and_correct", "SingleDeviceStep", "TrainingDiverged", "TrainingInterrupted"]
@@ -44,13 +44,13 @@ def loss_and_correct(net, is_training):
     When ``net`` is jitted, the loss and the count are traced into the same
     graph as the net (one CachedOp per batch instead of a dozen small ops).
     """
-    forward = net.fn if isinstance(net, Jitted) else net
+    forward = unjitted(net)
 
     def batch_loss(params, state, X, y):
         logits = forward(params, state, X, is_training)
         return F.softmax_cross_entropy(logits, y), F.correct_count(logits, y)
 
-    return jit(batch_loss) if isinstance(net, Jitted) else batch_loss
+    return jit_like(net, batch_loss)
 
 
 def evaluate(net, params, state, X, y, batch_size):
@@ -77,12 +77,12 @@ def predict(net, params, state, X, batch_size):
 
     One host read at the end, like ``evaluate``.
     """
-    forward = net.fn if isinstance(net, Jitted) else net
+    forward = unjitted(net)
 
     def classify(params, state, X):
         return F.top_class(F.softmax(forward(params, state, X, False)))
 
-    classify = jit(classify) if isinstance(net, Jitted) else classify
+    classify = jit_like(net, classify)
     labels, probs = zip(*(classify(params, state, X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)))
     return nd.concat(*labels, dim=0).asnumpy().astype(np.int64), nd.concat(*probs, dim=0).asnumpy()
 
