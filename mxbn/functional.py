@@ -642,19 +642,31 @@ def top_class(probs):
 
 
 @_accepts_every_array_kind
-def percentiles(X, qs):
-    """Nearest-rank percentiles ``qs`` (numbers in [0, 100]) of all values of X, as a (len(qs),) array.
+def percentiles(X, qs, axis=None):
+    """Nearest-rank percentiles ``qs`` (numbers in [0, 100]) of the values of X.
 
     The value of rank ceil(q/100 * n) (1-based, at least 1) of the n sorted
-    values; computed on the device (one sort).
+    values; computed on the device (one sort).  With ``axis=None`` over all
+    values, a (len(qs),) array; with an axis, along that axis, which then has
+    length len(qs) in the result (e.g. per unit of an (N, units) batch: (len(qs), units)).
     """
-    n = int(np.prod(_check_array(X, "percentiles")))
+    shape = _check_array(X, "percentiles")
     if not qs or any(isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= q <= 100 for q in qs):
         raise ValueError(f"percentiles: qs must be numbers in [0, 100], got {qs!r}")
+    if axis is None:
+        X, axis, n = X.reshape((int(np.prod(shape)),)), 0, int(np.prod(shape))
+    else:
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not -len(shape) <= axis < len(shape):
+            raise ValueError(f"percentiles: axis must be None or an int in [-{len(shape)}, {len(shape)}) for "
+                             f"shape {shape}, got {axis!r}")
+        axis = int(axis) % len(shape)
+        n = shape[axis]
+    if n == 0:
+        raise ValueError(f"percentiles: no values to rank (shape {shape})")
     ranks = [max(1, int(np.ceil(q / 100.0 * n))) - 1 for q in qs]
     F = _ops(X)
-    ordered = F.sort(X.reshape((n,)), axis=0)
-    return F.concat(*[F.slice_axis(ordered, axis=0, begin=r, end=r + 1) for r in ranks], dim=0)
+    ordered = F.sort(X, axis=axis)
+    return F.concat(*[F.slice_axis(ordered, axis=axis, begin=r, end=r + 1) for r in ranks], dim=axis)
 
 
 @_accepts_every_array_kind

@@ -9,7 +9,7 @@ from . import functional as F
 from . import init as I
 
 __all__ = ["lenet_params", "lenet", "lenet_layers", "lenet_conv", "lenet_pool", "lenet_head", "LENET_BLOCKS", "mlp_params",
-           "mlp", "ACTIVATIONS", "min_train_batch_size", "uses_batch_norm"]
+           "mlp", "mlp_layers", "ACTIVATIONS", "min_train_batch_size", "uses_batch_norm"]
 
 ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "tanh": F.tanh}
 
@@ -123,18 +123,27 @@ def mlp_params(ctx, sizes, use_bn=False, init="he", seed=0, init_scale=I.DEFAULT
     return params, state
 
 
-def mlp(params, state, X, is_training, activation="relu", bn_impl="fused", bn_momentum=0.9):
-    """Output of the MLP for X (N, ...) (flattened): affine -> [BN] -> activation per hidden layer."""
+def mlp_layers(params, state, X, is_training, activation="relu", bn_impl="fused", bn_momentum=0.9):
+    """(output, taps): the MLP forward, and per hidden layer ``(name, affine output, activation input)``
+    (the same array without BN; BN's output with it).  Under mxbn.jit unused taps cost nothing."""
     act = ACTIVATIONS[activation]
     n_layers = sum(1 for k in params if k.endswith("_weight"))
     H = X
+    taps = []
     for i in range(1, n_layers + 1):
         H = F.dense(H, params[f"fc{i}_weight"], params[f"fc{i}_bias"])
         if i < n_layers:
+            affine = H
             if f"bn{i}_gamma" in params:
                 H = _bn(params, state, f"bn{i}", H, is_training, bn_impl, bn_momentum)
+            taps.append((f"hidden{i}", affine, H))
             H = act(H)
-    return H
+    return H, taps
+
+
+def mlp(params, state, X, is_training, activation="relu", bn_impl="fused", bn_momentum=0.9):
+    """Output of the MLP for X (N, ...) (flattened): affine -> [BN] -> activation per hidden layer."""
+    return mlp_layers(params, state, X, is_training, activation, bn_impl, bn_momentum)[0]
 
 
 def uses_batch_norm(params):

@@ -4,13 +4,16 @@ training curves, the test-set confusion matrix, and a grid of test predictions.
 gluoncv's TrainingHistory draws one panel with a fixed [0, 1] y-range, which
 cuts off losses above 1, so the curves are drawn here: loss and accuracy side by side.
 """
+import warnings
+
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .atomic import atomic_path
 
-__all__ = ["plot_history", "plot_confusion", "plot_predictions", "plot_bn_trace", "save_figure", "subplots"]
+__all__ = ["plot_history", "plot_confusion", "plot_predictions", "plot_bn_trace", "plot_band", "plot_range", "save_figure",
+           "subplots"]
 
 
 def subplots(nrows=1, ncols=1, figsize=None, **kwargs):
@@ -107,6 +110,36 @@ def plot_bn_trace(trace, path, title="batch-norm inputs over training"):
             ax.legend(fontsize=8)
     fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def plot_band(ax, x, runs, label, style="-", **kwargs):
+    """One curve per seed drawn as their mean (a line) and their range (a shaded band).
+
+    ``runs`` is a sequence of equally long curves; NaN (a diverged run) is left
+    out of the mean and the band at that point.  Returns the line.
+    """
+    runs = np.asarray(runs, dtype=np.float64).reshape(-1, len(x))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all seeds NaN at a point: no line there
+        centre, low, high = np.nanmean(runs, axis=0), np.nanmin(runs, axis=0), np.nanmax(runs, axis=0)
+    (line,) = ax.plot(x, centre, style, label=label, **kwargs)
+    if len(runs) > 1:
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def plot_range(ax, x, values, label, style="o-", geometric=False, **kwargs):
+    """Points with error bars: per x, the mean of its values (one per seed; geometric for ratios) and
+    their range.  NaN values (diverged runs) are left out."""
+    values = [np.asarray(v, dtype=np.float64) for v in values]
+    values = [v[np.isfinite(v)] for v in values]
+    centre = np.array([(np.exp(np.mean(np.log(v))) if geometric else np.mean(v)) if v.size else np.nan
+                       for v in values])
+    low = np.array([v.min() if v.size else np.nan for v in values])
+    high = np.array([v.max() if v.size else np.nan for v in values])
+    # the centre lies inside the range; max(0, ...) only absorbs rounding
+    yerr = [np.maximum(centre - low, 0), np.maximum(high - centre, 0)]
+    return ax.errorbar(x, centre, yerr=yerr, fmt=style, capsize=3, label=label, **kwargs)
 
 
 def save_figure(fig, path, dpi=100):

@@ -2,8 +2,11 @@
 """Re-run the batch-normalization tutorials' claims as named experiments.
 
     python scripts/reproduce.py optimizers [--quick] [--ctx cpu] [--out runs/optimizers]
-    python scripts/reproduce.py all [--quick]
+    python scripts/reproduce.py all [--quick] [--seeds N]
     python scripts/reproduce.py report          # docs/results.md from the saved metrics
+
+Every setting runs once per seed (0..N-1; 3 by default, 1 with --quick) and the
+verdicts account for the spread between seeds (mxbn/experiments/spread.py).
 
 Argument parsing only; the experiments live in mxbn.experiments.
 """
@@ -28,32 +31,45 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=sorted(EXPERIMENTS) + ["all", "report"])
     p.add_argument("--quick", action="store_true", help="a few minutes in all: fewer iterations, less data")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="runs per setting, seeds 0..N-1 (default 3, or 1 with --quick)")
     p.add_argument("--ctx", default="cpu", help="cpu, gpu (falls back with a warning) or gpu:N")
     p.add_argument("--out", default=None, help="output folder (default runs/NAME; with all: runs/)")
     p.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="where report writes results.md")
     a = p.parse_args(argv)
     runs = a.out or "runs"
+    seeds = a.seeds if a.seeds is not None else (1 if a.quick else 3)
+    if seeds < 1:
+        p.error(f"--seeds must be at least 1, got {seeds}")
     if a.name == "report":
-        print(write_report(runs, a.docs, sorted(EXPERIMENTS), PLANNED))
+        print(write_report(runs, a.docs, list(EXPERIMENTS), PLANNED))
         return 0
     try:
         ctx = resolve_context(a.ctx)
     except ContextError as e:
         p.error(str(e))
-    names = sorted(EXPERIMENTS) if a.name == "all" else [a.name]
+    names = list(EXPERIMENTS) if a.name == "all" else [a.name]
+    start = time.perf_counter()
+
+    def progress(message):  # one line per training run, with the time since the start
+        print(f"[{time.perf_counter() - start:6.0f} s] {message}", flush=True)
+
     for name in names:
         out_dir = os.path.join(runs, name) if (a.name == "all" or a.out is None) else a.out
         seed_everything(0)
         t0 = time.perf_counter()
         try:
-            metrics = EXPERIMENTS[name].run(out_dir, ctx, quick=a.quick)
+            metrics = EXPERIMENTS[name].run(out_dir, ctx, quick=a.quick, log=progress, seeds=seeds)
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        print(f"{name}: {len(metrics['claims'])} claims on {metrics['dataset']} in "
-              f"{time.perf_counter() - t0:.0f} s -> {out_dir}")
+        print(f"{name}: {len(metrics['claims'])} claims on {metrics['dataset']}, {seeds} seed(s), in "
+              f"{time.perf_counter() - t0:.0f} s -> {out_dir}", flush=True)
         for c in metrics["claims"]:
-            print(f"  [{c['verdict']}] {c['claim']}: {c['reason']}")
+            where = f" [{c['dataset']}]" if c.get("dataset") else ""
+            print(f"  [{c['verdict']}]{where} {c['claim']}: {c['reason']}", flush=True)
+    if len(names) > 1:
+        print(f"all: {len(names)} experiments in {time.perf_counter() - start:.0f} s")
     return 0
 
 

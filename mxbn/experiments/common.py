@@ -1,15 +1,24 @@
 """What the experiments share: data choice, an MLP training loop with loss curves, files."""
 import os
+from typing import NamedTuple
 
 import numpy as np
 from mxnet import autograd, nd
 
-from .. import functional as F
+from .. import mnist5k
 from ..atomic import atomic_write_json
 from ..data import DataError, find_data_dir, load_dataset, to_device
-from ..train import evaluate
+from ..train import evaluate, loss_and_correct
 
-__all__ = ["tutorial_dataset", "train_mlp_iterations", "smooth", "save_metrics", "verdict"]
+__all__ = ["StudyData", "tutorial_dataset", "study_datasets", "train_mlp_iterations", "smooth", "save_metrics",
+           "verdict", "seed_list"]
+
+
+class StudyData(NamedTuple):
+    name: str      # "mnist", "mnist-5k" or "fashion-mnist"
+    source: str    # where the files were read from
+    train: tuple   # (X, y) on the device
+    test: tuple
 
 
 def tutorial_dataset(ctx, limit_train=None, limit_test=None):
@@ -29,14 +38,45 @@ def tutorial_dataset(ctx, limit_train=None, limit_test=None):
     return ds.name, ds.source, train, test
 
 
+def study_datasets(ctx, limit_train=None, limit_test=None, log=print):
+    """The image data a study of the MNIST tutorials runs on, as a list of StudyData:
+    real digits first (full MNIST when its files are found, else mnist-5k; a note
+    saying how to get them when neither is), then Fashion-MNIST."""
+    def device(ds):
+        return StudyData(ds.name, ds.source, to_device(ds.train_images, ds.train_labels, ctx, limit_train),
+                         to_device(ds.test_images, ds.test_labels, ctx, limit_test))
+
+    found = []
+    try:
+        has_mnist = find_data_dir("mnist") is not None
+    except DataError:
+        has_mnist = False
+    if has_mnist:
+        found.append(device(load_dataset("mnist", allow_download=False)))
+    elif mnist5k.find_mnist_5k() is not None:
+        found.append(device(mnist5k.load_mnist_5k()))
+    else:
+        log(f"note: no MNIST digits found, running on Fashion-MNIST only; for {mnist5k.NAME}: {mnist5k.HOW_TO_GET}")
+    found.append(device(load_dataset("fashion-mnist", allow_download=False)))
+    return found
+
+
+def seed_list(seeds):
+    """Seeds 0..n-1 for a count, or the given seeds."""
+    return list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+
+
 def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch_size, seed,
-                         test=None, eval_every=None):
+                         test=None, eval_every=None, after_step=None):
     """Loss of every iteration of minibatch training (batches taken from successive
     shuffled epochs, as the tutorials' loops did).  Returns a float array, or with
     ``test`` and ``eval_every`` also the list of (iteration, test accuracy).
 
     The per-iteration losses stay on the device and are read once at the end.
+    Pass ``mxbn.jit(net)`` to run each step's forward and backward as one graph.
+    ``after_step(iteration, params, state)`` (iteration counted from 1) is called after every update.
     """
+    batch_loss = loss_and_correct(net, is_training=True)
     X, y = train
     n = X.shape[0]
     rng = np.random.default_rng(seed)
@@ -44,19 +84,21 @@ def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch
     opt_state = optimizer.init(params)
     for p in params.values():
         p.attach_grad()
-    order = np.array([], dtype=np.int64)
+    # every batch's indices, drawn up front and sent to the device once
+    epochs_needed = -(-iterations * batch_size // n)
+    order = np.concatenate([rng.permutation(n) for _ in range(epochs_needed)])[:iterations * batch_size]
+    order = nd.array(order, ctx=X.context, dtype="int32")
     accuracies = []
     for it in range(iterations):
-        if order.size < batch_size:
-            order = np.concatenate([order, rng.permutation(n)])
-        idx, order = order[:batch_size], order[batch_size:]
-        idx_nd = nd.array(idx, ctx=X.context, dtype="int32")
-        Xb, yb = nd.take(X, idx_nd), nd.take(y, idx_nd)
+        idx = order[it * batch_size:(it + 1) * batch_size]
+        Xb, yb = nd.take(X, idx), nd.take(y, idx)
         with autograd.record():
-            loss = F.softmax_cross_entropy(net(params, state, Xb, True), yb)
+            loss, _ = batch_loss(params, state, Xb, yb)
         loss.backward()
         optimizer.update(params, {k: p.grad for k, p in params.items()}, opt_state)
         losses[it] = loss.detach()
+        if after_step is not None:
+            after_step(it + 1, params, state)
         if eval_every and (it + 1) % eval_every == 0:
             accuracies.append((it + 1, evaluate(net, params, state, test[0], test[1], 1000)[1]))
     losses = losses.asnumpy().astype(np.float64)
@@ -75,9 +117,11 @@ def smooth(values, window=50):
     return out
 
 
-def verdict(claim, holds, reason, partly=False):
+def verdict(claim, holds, reason, partly=False, dataset=None, tutorial=None):
+    """A claim's row: ``holds`` and ``partly`` come from the rules of spread.py; ``reason`` is our
+    measurement, ``tutorial`` the figure the tutorial itself reported (and on which data)."""
     return dict(claim=claim, verdict="reproduced" if holds else ("partly" if partly else "not reproduced"),
-                reason=reason)
+                reason=reason, dataset=dataset, tutorial=tutorial)
 
 
 def save_metrics(out_dir, metrics):

@@ -11,9 +11,11 @@ import numpy as np
 from mxnet import nd
 
 from .. import models
+from ..jit import jit
 from ..optim import make_optimizer
-from ..plot import save_figure, subplots
-from .common import save_metrics, smooth, train_mlp_iterations, tutorial_dataset, verdict
+from ..plot import plot_band, save_figure, subplots
+from . import spread
+from .common import save_metrics, seed_list, smooth, study_datasets, train_mlp_iterations, verdict
 
 TITLE = "Optimizers: SGD, Momentum, AdaGrad, Adam"
 # (name, lr on f(x, y), lr for the MLP): the chapter's values
@@ -43,8 +45,21 @@ def sign_changes(values):
     return int(np.sum(np.sign(steps[1:]) * np.sign(steps[:-1]) < 0))
 
 
-def run(out_dir, ctx, quick=False, log=print):
+def _loss_curves(data, iterations, seed, log):
+    """Per-iteration training loss of the MLP for each optimizer (one seed)."""
+    curves = {}
+    for name, _, lr in OPTIMIZERS:
+        params, state = models.mlp_params(data.train[0].context, (784, 100, 100, 100, 100, 10), init="he",
+                                          seed=seed)
+        curves[name] = train_mlp_iterations(jit(models.mlp), params, state, make_optimizer(name, lr), data.train,
+                                            iterations, 128, seed=seed)
+        log(f"optimizers {data.name} seed {seed}: {name} final smoothed loss {smooth(curves[name])[-1]:.4f}")
+    return curves
+
+
+def run(out_dir, ctx, quick=False, log=print, seeds=1):
     os.makedirs(out_dir, exist_ok=True)
+    seeds = seed_list(seeds)
     paths = {name: trajectory(name, lr) for name, lr, _ in OPTIMIZERS}
     fig, axes = subplots(2, 2, figsize=(10, 8))
     gx, gy = np.meshgrid(np.linspace(-10, 10, 200), np.linspace(-5, 5, 200))
@@ -57,38 +72,39 @@ def run(out_dir, ctx, quick=False, log=print):
         ax.legend(loc="lower right")
     fig.suptitle("f(x, y) = x²/20 + y² from (-7, 2)")
     save_figure(fig, os.path.join(out_dir, "trajectories.png"))
+    changes = {name: sign_changes(p[:, 1]) for name, p in paths.items()}
+    claims = [verdict("SGD zig-zags on x²/20 + y² (its y-steps change sign at almost every step)",
+                      changes["sgd"] >= STEPS - 2 and changes["sgd"] > max(changes[n] for n in changes if n != "sgd"),
+                      f"y-step sign changes in {STEPS} steps (deterministic): "
+                      + ", ".join(f"{n} {c}" for n, c in changes.items()),
+                      dataset="f(x, y)", tutorial="figure: SGD zig-zags, the others curve towards (0, 0)")]
 
     iterations = 100 if quick else 2000
-    dataset, source, train, _ = tutorial_dataset(ctx, limit_train=2000 if quick else None, limit_test=100)
-    curves = {}
-    for name, _, lr in OPTIMIZERS:
-        params, state = models.mlp_params(ctx, (784, 100, 100, 100, 100, 10), init="he", seed=0)
-        curves[name] = train_mlp_iterations(models.mlp, params, state, make_optimizer(name, lr), train,
-                                            iterations, 128, seed=0)
-        log(f"optimizers: {name} final smoothed loss {smooth(curves[name])[-1]:.4f}")
-    fig, ax = subplots(figsize=(7, 5))
-    for name, _, lr in OPTIMIZERS:
-        ax.plot(smooth(curves[name]), label=f"{name} (lr {lr})")
-    ax.set(xlabel="iteration", ylabel="training loss (moving average of 50)", yscale="log",
-           title=f"MLP 784-100x4-10 on {dataset}, batch 128")
-    ax.legend()
-    save_figure(fig, os.path.join(out_dir, "mlp_loss.png"))
-
-    final = {name: float(smooth(c)[-1]) for name, c in curves.items()}
-    changes = {name: sign_changes(p[:, 1]) for name, p in paths.items()}
-    faster = [n for n in ("momentum", "adagrad", "adam") if final[n] < final["sgd"]]
-    claims = [
-        verdict("SGD zig-zags on x²/20 + y² (its y-steps change sign at almost every step)",
-                changes["sgd"] >= STEPS - 2 and changes["sgd"] > max(changes[n] for n in changes if n != "sgd"),
-                f"y-step sign changes in {STEPS} steps: " + ", ".join(f"{n} {c}" for n, c in changes.items())),
-        verdict("AdaGrad, Adam and Momentum train the MLP faster than SGD", len(faster) == 3,
-                f"final smoothed loss after {iterations} iterations: "
-                + ", ".join(f"{n} {v:.3f}" for n, v in final.items()),
-                partly=bool(faster)),
-    ]
-    metrics = dict(description=__doc__.split('\n', 1)[1].strip(), experiment="optimizers", title=TITLE, dataset=dataset, data_source=source, quick=quick,
+    figures, final_losses, loss_curves = ["trajectories.png"], {}, {}
+    for data in study_datasets(ctx, limit_train=2000 if quick else None, limit_test=100, log=log):
+        per_seed = [_loss_curves(data, iterations, seed, log) for seed in seeds]
+        curves = {name: [c[name] for c in per_seed] for name, *_ in OPTIMIZERS}
+        fig, ax = subplots(figsize=(7, 5))
+        for name, _, lr in OPTIMIZERS:
+            plot_band(ax, list(range(1, iterations + 1)), [smooth(c) for c in curves[name]], f"{name} (lr {lr})")
+        ax.set(xlabel="iteration", ylabel="training loss (moving average of 50)", yscale="log",
+               title=f"MLP 784-100x4-10 on {data.name}, batch 128 ({len(seeds)} seed(s): mean and range)")
+        ax.legend()
+        figures.append(f"mlp_loss-{data.name}.png")
+        save_figure(fig, os.path.join(out_dir, figures[-1]))
+        final = {name: [float(smooth(c)[-1]) for c in cs] for name, cs in curves.items()}
+        faster = [n for n in ("momentum", "adagrad", "adam") if spread.exceeds(final["sgd"], final[n])]
+        claims.append(verdict(
+            "AdaGrad, Adam and Momentum train the MLP faster than SGD", len(faster) == 3,
+            f"final smoothed loss after {iterations} iterations: "
+            + ", ".join(f"{n} {spread.fmt(v)}" for n, v in final.items())
+            + f"; below SGD by the spread rule: {', '.join(faster) or 'none'}",
+            partly=bool(faster), dataset=data.name, tutorial="figure: SGD's loss curve above the others (MNIST)"))
+        final_losses[data.name] = {n: spread.summary(v) for n, v in final.items()}
+        loss_curves[data.name] = {n: [c.tolist() for c in cs] for n, cs in curves.items()}
+    metrics = dict(description=__doc__.split('\n', 1)[1].strip(), experiment="optimizers", title=TITLE,
+                   dataset=", ".join(final_losses), datasets=list(final_losses), quick=quick, seeds=seeds,
                    iterations=iterations, trajectories={n: p.tolist() for n, p in paths.items()},
-                   y_sign_changes=changes, final_smoothed_loss=final,
-                   loss_curves={n: c.tolist() for n, c in curves.items()}, claims=claims,
-                   figures=["trajectories.png", "mlp_loss.png"])
+                   y_sign_changes=changes, final_smoothed_loss=final_losses, loss_curves=loss_curves,
+                   claims=claims, figures=figures)
     return save_metrics(out_dir, metrics)

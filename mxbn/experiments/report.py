@@ -5,6 +5,7 @@ import os
 import shutil
 
 from ..atomic import atomic_write_text
+from .spread import DIVERGED_ACCURACY, SPREAD_FACTOR
 
 __all__ = ["write_report", "INTRO"]
 
@@ -21,15 +22,39 @@ whatever the weights before it do, which lets larger learning rates and poorer
 initialisations train. At inference the minibatch statistics are replaced by
 running averages collected during training (see docs/batch_norm.md).
 
-Verdicts: **reproduced** (the claim holds in our run), **partly** (some of it
-holds), **not reproduced** (it does not), each with the measurement behind it.
-"""
+Every setting was run once per seed (seeds 0, 1, ...; the same data, a
+different initialisation and batch order). Numbers are **mean ± standard
+deviation (min–max)** over the seeds. Verdicts: **reproduced** (the claim holds
+by the rules below), **partly** (some of it holds), **not reproduced** (it does
+not), each beside the figure the tutorial itself reported and the data it used.
+
+Rules (`mxbn/experiments/spread.py`): a difference between two settings counts
+when it has the same sign in every seed and its mean exceeds {factor:g} × its
+standard deviation over seeds; a threshold statement ("fails", "learns") must
+hold in every seed. A run whose loss became non-finite is "diverged" and counts
+as chance accuracy ({chance:g}) in comparisons.
+""".format(factor=SPREAD_FACTOR, chance=DIVERGED_ACCURACY)
+
+
+def _cell(text):
+    return str(text or "—").replace("|", "\\|").replace("\n", " ")
 
 
 def _claims_table(claims):
-    rows = ["| claim | verdict | measured |", "|---|---|---|"]
+    rows = ["| claim | our data | the tutorial reported | we measured | verdict |", "|---|---|---|---|---|"]
     for c in claims:
-        rows.append(f"| {c['claim']} | **{c['verdict']}** | {c['reason']} |")
+        rows.append(f"| {_cell(c['claim'])} | {_cell(c.get('dataset'))} | {_cell(c.get('tutorial'))} | "
+                    f"{_cell(c['reason'])} | **{c['verdict']}** |")
+    return "\n".join(rows)
+
+
+def _summary_table(found):
+    rows = ["| experiment | data | seeds | reproduced | partly | not reproduced |", "|---|---|---|---|---|---|"]
+    for name, m in found:
+        counts = {v: sum(c["verdict"] == v for c in m["claims"]) for v in ("reproduced", "partly", "not reproduced")}
+        rows.append(f"| [`{name}`](#{name}) | {m['dataset']} | {len(m.get('seeds', [0]))}"
+                    f"{' (quick)' if m.get('quick') else ''} | {counts['reproduced']} | {counts['partly']} | "
+                    f"{counts['not reproduced']} |")
     return "\n".join(rows)
 
 
@@ -38,19 +63,23 @@ def write_report(runs_dir, docs_dir, names, planned=()):
     fig_dir = os.path.join(docs_dir, "figures")
     os.makedirs(fig_dir, exist_ok=True)
     parts = [INTRO]
-    missing = []
+    missing, found = [], []
     for name in names:
         path = os.path.join(runs_dir, name, "metrics.json")
         if not os.path.exists(path):
             missing.append(name)
             continue
         with open(path) as f:
-            m = json.load(f)
-        module_doc = m.get("description", "")
-        parts.append(f"## `{name}`: {m['title']}\n")
-        if module_doc:
-            parts.append(module_doc + "\n")
-        parts.append(f"Dataset: **{m['dataset']}**{' (quick run)' if m.get('quick') else ''}.\n")
+            found.append((name, json.load(f)))
+    if found:
+        parts.append("## Summary\n\n" + _summary_table(found) + "\n")
+    for name, m in found:
+        seeds = m.get("seeds", [0])
+        parts.append(f'<a id="{name}"></a>\n\n## `{name}`: {m["title"]}\n')
+        if m.get("description"):
+            parts.append(m["description"] + "\n")
+        parts.append(f"Data: **{m['dataset']}**; {len(seeds)} seed(s) ({', '.join(map(str, seeds))})"
+                     f"{' (quick run)' if m.get('quick') else ''}.\n")
         parts.append(_claims_table(m["claims"]) + "\n")
         for fig in m.get("figures", []):
             target = f"{name}-{fig}"

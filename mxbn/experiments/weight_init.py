@@ -13,9 +13,11 @@ import os
 import numpy as np
 
 from .. import models
+from ..jit import jit
 from ..optim import SGD
-from ..plot import save_figure, subplots
-from .common import save_metrics, smooth, train_mlp_iterations, tutorial_dataset, verdict
+from ..plot import plot_band, save_figure, subplots
+from . import spread
+from .common import save_metrics, seed_list, smooth, study_datasets, train_mlp_iterations, verdict
 
 TITLE = "Weight initialisation"
 LAYERS, UNITS, SAMPLES = 5, 100, 1000
@@ -23,6 +25,11 @@ ACT = {"sigmoid": lambda z: 1 / (1 + np.exp(-z)), "tanh": np.tanh, "relu": lambd
 SETTINGS = [("sigmoid", "std 1", lambda n: 1.0), ("sigmoid", "std 0.01", lambda n: 0.01),
             ("sigmoid", "Xavier", lambda n: math.sqrt(1 / n)), ("tanh", "Xavier", lambda n: math.sqrt(1 / n)),
             ("relu", "He", lambda n: math.sqrt(2 / n))]
+INITS = (("std 0.01", "normal", 0.01), ("xavier", "xavier", 0.01), ("he", "he", 0.01))
+SATURATED = 0.5   # "saturates": more than half of the activations below 0.05 or above 0.95 in every layer
+COLLAPSED = 0.02  # "collapses to 0.5": activation std below this after the first layer
+SPREAD_KEPT = 0.05
+NO_LEARNING = 2.0  # smoothed loss above this after training: not learning (ln 10 = 2.30 is chance)
 
 
 def activations(activation, std_of_fan_in, seed=0):
@@ -37,9 +44,15 @@ def activations(activation, std_of_fan_in, seed=0):
     return out
 
 
-def run(out_dir, ctx, quick=False, log=print):
-    os.makedirs(out_dir, exist_ok=True)
-    acts = {f"{a} {name}": activations(a, std) for a, name, std in SETTINGS}
+def activation_stats(seed):
+    """Per setting, per layer: activation std and the fraction saturated (below 0.05 or above 0.95)."""
+    acts = {f"{a} {name}": activations(a, std, seed) for a, name, std in SETTINGS}
+    return acts, {label: dict(std=[float(h.std()) for h in layers],
+                              saturated=[float(np.mean((h < 0.05) | (h > 0.95))) for h in layers])
+                  for label, layers in acts.items()}
+
+
+def _histograms(acts, path):
     fig, axes = subplots(len(SETTINGS), LAYERS, figsize=(14, 2.2 * len(SETTINGS)))
     for row, (label, layers) in zip(axes, acts.items()):
         for i, (ax, h) in enumerate(zip(row, layers)):
@@ -48,48 +61,75 @@ def run(out_dir, ctx, quick=False, log=print):
             ax.set_title(f"{label}: layer {i + 1}", fontsize=8)
             ax.set_xlabel("activation", fontsize=7)
             ax.set_yticks([])
-    fig.tight_layout()
-    save_figure(fig, os.path.join(out_dir, "histograms.png"))
-    stats = {label: dict(std=[float(h.std()) for h in layers],
-                         saturated=[float(np.mean((h < 0.05) | (h > 0.95))) for h in layers])
-             for label, layers in acts.items()}
+    save_figure(fig, path)
+
+
+def _loss_curves(data, iterations, seed, log):
+    curves = {}
+    for label, init, scale in INITS:
+        params, state = models.mlp_params(data.train[0].context, (784, 100, 100, 100, 100, 10), init=init,
+                                          seed=seed, init_scale=scale)
+        curves[label] = train_mlp_iterations(jit(models.mlp), params, state, SGD(lr=0.01), data.train,
+                                             iterations, 128, seed)
+        log(f"init {data.name} seed {seed}: {label} final smoothed loss {smooth(curves[label])[-1]:.4f}")
+    return curves
+
+
+def run(out_dir, ctx, quick=False, log=print, seeds=1):
+    os.makedirs(out_dir, exist_ok=True)
+    seeds = seed_list(seeds)
+    per_seed = [activation_stats(seed) for seed in seeds]
+    _histograms(per_seed[0][0], os.path.join(out_dir, "histograms.png"))   # the first seed's picture
+    stats = {label: {k: [st[label][k] for _, st in per_seed] for k in ("std", "saturated")} for label in per_seed[0][1]}
+    s1, s001 = stats["sigmoid std 1"], stats["sigmoid std 0.01"]
+    keep = {k: [min(v) for v in stats[k]["std"]] for k in ("sigmoid Xavier", "tanh Xavier", "relu He")}
+    numpy_net = "5 x 100 units on N(0, 1) inputs"
+    claims = [
+        verdict("std 1 saturates sigmoid activations at 0 and 1",
+                spread.in_every_seed([min(v) > SATURATED for v in s1["saturated"]]),
+                "fraction of activations below 0.05 or above 0.95, smallest over layers: "
+                + spread.fmt([min(v) for v in s1["saturated"]], 2), dataset=numpy_net,
+                tutorial="histograms piled at 0 and 1"),
+        verdict("std 0.01 collapses sigmoid activations to 0.5",
+                spread.in_every_seed([max(v[1:]) < COLLAPSED for v in s001["std"]]),
+                "activation std, largest over layers 2-5: " + spread.fmt([max(v[1:]) for v in s001["std"]], 4),
+                dataset=numpy_net, tutorial="histograms piled at 0.5"),
+        verdict("Xavier (sigmoid, tanh) and He (ReLU) keep a spread in every layer",
+                all(spread.in_every_seed([v > SPREAD_KEPT for v in vals]) for vals in keep.values()),
+                "smallest per-layer activation std: " + ", ".join(f"{k} {spread.fmt(v)}" for k, v in keep.items()),
+                dataset=numpy_net, tutorial="histograms spread over the range in every layer"),
+    ]
 
     iterations = 100 if quick else 2000
-    dataset, source, train, _ = tutorial_dataset(ctx, limit_train=2000 if quick else None, limit_test=100)
-    curves = {}
-    for init, scale in (("normal", 0.01), ("xavier", None), ("he", None)):
-        label = "std 0.01" if init == "normal" else init
-        params, state = models.mlp_params(ctx, (784, 100, 100, 100, 100, 10), init=init, seed=0,
-                                          init_scale=scale or 0.01)
-        curves[label] = train_mlp_iterations(models.mlp, params, state, SGD(lr=0.01), train, iterations, 128, 0)
-        log(f"init: {label} final smoothed loss {smooth(curves[label])[-1]:.4f}")
-    fig, ax = subplots(figsize=(7, 5))
-    for label, c in curves.items():
-        ax.plot(smooth(c), label=label)
-    ax.set(xlabel="iteration", ylabel="training loss (moving average of 50)",
-           title=f"MLP 784-100x4-10 ReLU, SGD lr 0.01, on {dataset}")
-    ax.legend()
-    save_figure(fig, os.path.join(out_dir, "init_loss.png"))
-
-    final = {k: float(smooth(c)[-1]) for k, c in curves.items()}
-    s1, s001 = stats["sigmoid std 1"], stats["sigmoid std 0.01"]
-    keep = {k: min(stats[k]["std"]) for k in ("sigmoid Xavier", "tanh Xavier", "relu He")}
-    claims = [
-        verdict("std 1 saturates sigmoid activations at 0 and 1", min(s1["saturated"]) > 0.5,
-                "fraction of activations below 0.05 or above 0.95 per layer: "
-                + ", ".join(f"{v:.2f}" for v in s1["saturated"])),
-        verdict("std 0.01 collapses sigmoid activations to 0.5", max(s001["std"][1:]) < 0.02,
-                "activation std per layer: " + ", ".join(f"{v:.4f}" for v in s001["std"])),
-        verdict("Xavier (sigmoid, tanh) and He (ReLU) keep a spread in every layer", min(keep.values()) > 0.05,
-                "smallest per-layer activation std: " + ", ".join(f"{k} {v:.3f}" for k, v in keep.items())),
-        verdict("with std 0.01 the MLP does not learn (loss stays near ln 10 = 2.30)",
-                final["std 0.01"] > 2.0, f"final smoothed loss {final['std 0.01']:.3f} after {iterations} iterations"),
-        verdict("He learns fastest", final["he"] < min(final["xavier"], final["std 0.01"]),
-                ", ".join(f"{k} {v:.3f}" for k, v in final.items()),
-                partly=final["he"] < final["std 0.01"]),
-    ]
-    metrics = dict(description=__doc__.split('\n', 1)[1].strip(), experiment="init", title=TITLE, dataset=dataset, data_source=source, quick=quick,
-                   iterations=iterations, activation_stats=stats, final_smoothed_loss=final,
-                   loss_curves={k: c.tolist() for k, c in curves.items()}, claims=claims,
-                   figures=["histograms.png", "init_loss.png"])
+    figures, final_losses, loss_curves = ["histograms.png"], {}, {}
+    for data in study_datasets(ctx, limit_train=2000 if quick else None, limit_test=100, log=log):
+        runs = [_loss_curves(data, iterations, seed, log) for seed in seeds]
+        curves = {label: [r[label] for r in runs] for label, *_ in INITS}
+        fig, ax = subplots(figsize=(7, 5))
+        for label, cs in curves.items():
+            plot_band(ax, list(range(1, iterations + 1)), [smooth(c) for c in cs], label)
+        ax.set(xlabel="iteration", ylabel="training loss (moving average of 50)",
+               title=f"MLP 784-100x4-10 ReLU, SGD lr 0.01, on {data.name} ({len(seeds)} seed(s))")
+        ax.legend()
+        figures.append(f"init_loss-{data.name}.png")
+        save_figure(fig, os.path.join(out_dir, figures[-1]))
+        final = {k: [float(smooth(c)[-1]) for c in cs] for k, cs in curves.items()}
+        he_first = spread.exceeds(final["xavier"], final["he"]) and spread.exceeds(final["std 0.01"], final["he"])
+        claims += [
+            verdict("with std 0.01 the MLP does not learn (loss stays near ln 10 = 2.30)",
+                    spread.in_every_seed([v > NO_LEARNING for v in final["std 0.01"]]),
+                    f"final smoothed loss {spread.fmt(final['std 0.01'])} after {iterations} iterations",
+                    dataset=data.name, tutorial="flat loss curve for std 0.01 (MNIST)"),
+            verdict("He learns fastest", he_first,
+                    "final smoothed loss " + ", ".join(f"{k} {spread.fmt(v)}" for k, v in final.items())
+                    + f"; He below both by the spread rule: {'yes' if he_first else 'no'}",
+                    partly=spread.exceeds(final["std 0.01"], final["he"]), dataset=data.name,
+                    tutorial="He's loss curve lowest, Xavier close (MNIST)"),
+        ]
+        final_losses[data.name] = {k: spread.summary(v) for k, v in final.items()}
+        loss_curves[data.name] = {k: [c.tolist() for c in cs] for k, cs in curves.items()}
+    metrics = dict(description=__doc__.split('\n', 1)[1].strip(), experiment="init", title=TITLE,
+                   dataset=", ".join(final_losses), datasets=list(final_losses), quick=quick, seeds=seeds,
+                   iterations=iterations, activation_stats=stats, final_smoothed_loss=final_losses,
+                   loss_curves=loss_curves, claims=claims, figures=figures)
     return save_metrics(out_dir, metrics)
