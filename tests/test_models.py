@@ -53,3 +53,22 @@ def test_mlp_with_and_without_bn(activation):
     assert plain_state == {} and models.min_train_batch_size(plain, dense_bn=True) == 1
     with pytest.raises(ValueError, match="at least an input and an output size"):
         models.mlp_params(mx.cpu(), (784,))
+
+
+def test_mlp_layers_taps_are_the_affine_and_the_activation_input():
+    X = nd.array(np.random.default_rng(0).normal(size=(6, 12)))
+    for use_bn in (False, True):
+        params, state = models.mlp_params(mx.cpu(), (12, 8, 5, 3), use_bn=use_bn, init="xavier", seed=2)
+        out, taps = models.mlp_layers(params, state, X, False, activation="sigmoid")
+        np.testing.assert_array_equal(out.asnumpy(), models.mlp(params, state, X, False, "sigmoid").asnumpy())
+        assert [name for name, *_ in taps] == ["hidden1", "hidden2"]
+        p = {k: v.asnumpy().astype(np.float64) for k, v in params.items()}
+        affine1 = X.asnumpy() @ p["fc1_weight"].T + p["fc1_bias"]
+        np.testing.assert_allclose(taps[0][1].asnumpy(), affine1, rtol=1e-5, atol=1e-6)
+        if use_bn:   # inference: the moving statistics (fresh: mean 0, variance 1) and gamma 1, beta 0
+            np.testing.assert_allclose(taps[0][2].asnumpy(), affine1 / np.sqrt(1 + 1e-5), rtol=1e-5, atol=1e-6)
+        else:
+            assert taps[0][2] is taps[0][1]
+        hidden1 = 1 / (1 + np.exp(-taps[0][2].asnumpy().astype(np.float64)))
+        np.testing.assert_allclose(taps[1][1].asnumpy(), hidden1 @ p["fc2_weight"].T + p["fc2_bias"],
+                                   rtol=1e-5, atol=1e-6)

@@ -63,7 +63,7 @@ def write_report(runs_dir, docs_dir, names, planned=()):
     fig_dir = os.path.join(docs_dir, "figures")
     os.makedirs(fig_dir, exist_ok=True)
     parts = [INTRO]
-    missing, found = [], []
+    missing, found, written = [], [], set()
     for name in names:
         path = os.path.join(runs_dir, name, "metrics.json")
         if not os.path.exists(path):
@@ -84,7 +84,12 @@ def write_report(runs_dir, docs_dir, names, planned=()):
         for fig in m.get("figures", []):
             target = f"{name}-{fig}"
             shutil.copyfile(os.path.join(runs_dir, name, fig), os.path.join(fig_dir, target))
+            written.add(target)
             parts.append(f"![{name}: {fig}](figures/{target})\n")
+    # figures of a reported experiment that this report no longer shows (renamed or dropped)
+    for stale in sorted(os.listdir(fig_dir)):
+        if stale.endswith(".png") and stale not in written and any(stale.startswith(f"{n}-") for n, _ in found):
+            os.remove(os.path.join(fig_dir, stale))
     if missing:
         parts.append("## Not yet run\n\n" + ", ".join(f"`{n}`" for n in missing)
                      + f": run `python scripts/reproduce.py NAME` and then `report`.\n")

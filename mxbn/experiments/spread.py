@@ -10,6 +10,10 @@ rules below, written once here:
   ``SPREAD_FACTOR`` times its standard deviation over seeds;
 * a **threshold** statement ("fails", "learns") holds when it holds in every seed.
 
+A claim is *reproduced* when it holds by these rules, *partly* when a part of
+it does, or when its direction holds in every seed but without the margin
+(``larger_in_every_seed``), and *not reproduced* otherwise.
+
 With one seed (``--quick``) the standard deviation is 0 and the rules reduce
 to the single run's sign and threshold: quick verdicts are not evidence.
 """
@@ -17,7 +21,8 @@ import math
 
 import numpy as np
 
-__all__ = ["SPREAD_FACTOR", "DIVERGED_ACCURACY", "summary", "fmt", "difference", "exceeds", "in_every_seed",
+__all__ = ["SPREAD_FACTOR", "DIVERGED_ACCURACY", "summary", "fmt", "difference", "exceeds", "larger_in_every_seed",
+           "in_every_seed",
            "in_some_seed", "mean", "accuracy_or_chance"]
 
 # A difference counts when |mean| > SPREAD_FACTOR x its standard deviation over seeds
@@ -46,19 +51,20 @@ def mean(values):
     return summary(values)["mean"]
 
 
-def fmt(values, digits=3):
+def fmt(values, digits=3, missing="diverged"):
     """"0.876 ± 0.004 (0.871-0.880)" for several seeds, "0.876" for one.
 
-    A missing value (None, NaN) is a run that diverged, and is said so.
+    A missing value (None, NaN) is said so with ``missing``: in the experiments
+    a run that diverged, unless the caller names another reason.
     """
     s = summary(values)
     if s["mean"] is None:
-        return "diverged" + (" in every seed" if s["n"] > 1 else "")
+        return missing + (" in every seed" if s["n"] > 1 else "")
     if s["n"] == 1:
         return f"{s['mean']:.{digits}f}"
     text = f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
-    missing = sum(x is None for x in s["values"])
-    return text + (f", {missing} of {s['n']} diverged" if missing else "")
+    absent = sum(x is None for x in s["values"])
+    return text + (f", {absent} of {s['n']} {missing}" if absent else "")
 
 
 def difference(a, b):
@@ -74,6 +80,13 @@ def exceeds(a, b):
     """a is larger than b by the spread rule."""
     d = difference(a, b)
     return d["counts"] and d["mean"] > 0
+
+
+def larger_in_every_seed(a, b):
+    """a > b in every seed, whatever the spread: the direction of a claim, without its margin
+    (what makes a claim "partly" shown when the spread rule is not met)."""
+    d = _values(a) - _values(b)
+    return bool(d.size) and bool(np.all(d > 0))
 
 
 def in_every_seed(flags):
