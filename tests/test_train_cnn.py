@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import mxnet as mx
-from mxnet import nd
 
 from mxbn.checkpoint import load_checkpoint
 from mxbn.config import ConfigError, TrainConfig

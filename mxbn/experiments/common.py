@@ -5,13 +5,17 @@ from typing import NamedTuple
 import numpy as np
 from mxnet import autograd, nd
 
-from .. import mnist5k
+from .. import mnist5k, models
 from ..atomic import atomic_write_json
 from ..data import DataError, find_data_dir, load_dataset, to_device
+from ..jit import jit
+from ..plot import plot_band, save_figure, subplots
 from ..train import evaluate, loss_and_correct
 
 __all__ = ["StudyData", "tutorial_dataset", "study_datasets", "train_mlp_iterations", "smooth", "save_metrics",
-           "verdict", "seed_list"]
+           "verdict", "seed_list", "MLP_4X100", "mlp_loss_curves", "plot_loss_bands"]
+
+MLP_4X100 = (784, 100, 100, 100, 100, 10)   # the MLP of the optimizer and initialisation chapters
 
 
 class StudyData(NamedTuple):
@@ -103,6 +107,36 @@ def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch
             accuracies.append((it + 1, evaluate(net, params, state, test[0], test[1], 1000)[1]))
     losses = losses.asnumpy().astype(np.float64)
     return (losses, accuracies) if eval_every else losses
+
+
+def mlp_loss_curves(settings, iterations, seeds, datasets, log, study):
+    """Training loss of every iteration of the ReLU MLP 784-100x4-10, batch 128, for each setting
+    ``label -> (init, init_scale, make_optimizer)``: ``{dataset: {label: [one curve per seed]}}``.
+    The loop the optimizer and initialisation studies share."""
+    out = {}
+    for data in datasets:
+        curves = {label: [] for label in settings}
+        for seed in seeds:
+            for label, (init, scale, make_optimizer) in settings.items():
+                params, state = models.mlp_params(data.train[0].context, MLP_4X100, init=init, init_scale=scale,
+                                                  seed=seed)
+                curve = train_mlp_iterations(jit(models.mlp), params, state, make_optimizer(), data.train,
+                                             iterations, 128, seed)
+                curves[label].append(curve)
+                log(f"{study} {data.name} seed {seed}: {label} final smoothed loss {smooth(curve)[-1]:.4f}")
+        out[data.name] = curves
+    return out
+
+
+def plot_loss_bands(curves, labels, path, title, yscale="linear"):
+    """Smoothed loss curves, the mean over seeds with their range as a band; ``labels`` maps key -> legend."""
+    fig, ax = subplots(figsize=(7, 5))
+    for key, label in labels.items():
+        runs = [smooth(c) for c in curves[key]]
+        plot_band(ax, list(range(1, len(runs[0]) + 1)), runs, label)
+    ax.set(xlabel="iteration", ylabel="training loss (moving average of 50)", yscale=yscale, title=title)
+    ax.legend()
+    return save_figure(fig, path)
 
 
 def smooth(values, window=50):

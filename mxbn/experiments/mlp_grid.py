@@ -26,7 +26,6 @@ ACTIVATIONS = ("relu", "sigmoid")
 EARLY = 500  # iteration at which "converges faster" is judged
 FAIL = 0.5   # below this final test accuracy a run "fails" (chance is 0.1)
 BN_REACHES = 0.8  # the study's "~80-93 %"
-TUTORIAL_DATASET = "MNIST"
 
 
 def settings():
@@ -88,7 +87,7 @@ def _claims(curves, names, early, dataset):
                 "; ".join(f"{n}: {spread.fmt(final(n, False))}" for n in relu_big_lr),
                 partly=any(below(final(n, False), FAIL) for n in relu_big_lr), dataset=dataset,
                 tutorial="no-BN accuracy stays at chance (MNIST)"),
-        verdict(f"large weights without BN fail, while BN reaches ~80-93 %",
+        verdict("large weights without BN fail, while BN reaches ~80-93 %",
                 len(no_bn_fails) == len(big_w) and len(bn_reaches) == len(big_w_bn_ok),
                 "without BN: " + ", ".join(spread.fmt(final(n, False)) for n in big_w)
                 + "; with BN (excluding large lr + ReLU): " + ", ".join(spread.fmt(final(n, True))

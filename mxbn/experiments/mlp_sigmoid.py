@@ -87,7 +87,7 @@ def _figure(runs, parts_data, n_seeds, path):
         for label in labels:
             curves = [c for c in runs[label] if c]
             if curves:
-                plot_band(ax, list(range(1, len(curves[0]) + 1)), curves, label.split(") ", 1)[1])
+                plot_band(ax, list(range(1, len(curves[0]) + 1)), curves, label.split(") ", 1)[1].split(" [")[0])
         ax.set(xlabel="epoch", title=title, ylim=(0, 1))
         ax.legend(fontsize=8)
     axes[0].set_ylabel("test accuracy")

@@ -10,12 +10,10 @@ import os
 import numpy as np
 from mxnet import nd
 
-from .. import models
-from ..jit import jit
 from ..optim import make_optimizer
-from ..plot import plot_band, save_figure, subplots
+from ..plot import save_figure, subplots
 from . import spread
-from .common import save_metrics, seed_list, smooth, study_datasets, train_mlp_iterations, verdict
+from .common import mlp_loss_curves, plot_loss_bands, save_metrics, seed_list, smooth, study_datasets, verdict
 
 TITLE = "Optimizers: SGD, Momentum, AdaGrad, Adam"
 # (name, lr on f(x, y), lr for the MLP): the chapter's values
@@ -45,18 +43,6 @@ def sign_changes(values):
     return int(np.sum(np.sign(steps[1:]) * np.sign(steps[:-1]) < 0))
 
 
-def _loss_curves(data, iterations, seed, log):
-    """Per-iteration training loss of the MLP for each optimizer (one seed)."""
-    curves = {}
-    for name, _, lr in OPTIMIZERS:
-        params, state = models.mlp_params(data.train[0].context, (784, 100, 100, 100, 100, 10), init="he",
-                                          seed=seed)
-        curves[name] = train_mlp_iterations(jit(models.mlp), params, state, make_optimizer(name, lr), data.train,
-                                            iterations, 128, seed=seed)
-        log(f"optimizers {data.name} seed {seed}: {name} final smoothed loss {smooth(curves[name])[-1]:.4f}")
-    return curves
-
-
 def run(out_dir, ctx, quick=False, log=print, seeds=1):
     os.makedirs(out_dir, exist_ok=True)
     seeds = seed_list(seeds)
@@ -81,17 +67,13 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
 
     iterations = 100 if quick else 2000
     figures, final_losses, loss_curves = ["trajectories.png"], {}, {}
-    for data in study_datasets(ctx, limit_train=2000 if quick else None, limit_test=100, log=log):
-        per_seed = [_loss_curves(data, iterations, seed, log) for seed in seeds]
-        curves = {name: [c[name] for c in per_seed] for name, *_ in OPTIMIZERS}
-        fig, ax = subplots(figsize=(7, 5))
-        for name, _, lr in OPTIMIZERS:
-            plot_band(ax, list(range(1, iterations + 1)), [smooth(c) for c in curves[name]], f"{name} (lr {lr})")
-        ax.set(xlabel="iteration", ylabel="training loss (moving average of 50)", yscale="log",
-               title=f"MLP 784-100x4-10 on {data.name}, batch 128 ({len(seeds)} seed(s): mean and range)")
-        ax.legend()
-        figures.append(f"mlp_loss-{data.name}.png")
-        save_figure(fig, os.path.join(out_dir, figures[-1]))
+    settings = {name: ("he", 0.01, lambda name=name, lr=lr: make_optimizer(name, lr)) for name, _, lr in OPTIMIZERS}
+    datasets = study_datasets(ctx, limit_train=2000 if quick else None, limit_test=100, log=log)
+    for dataset, curves in mlp_loss_curves(settings, iterations, seeds, datasets, log, "optimizers").items():
+        figures.append(f"mlp_loss-{dataset}.png")
+        plot_loss_bands(curves, {name: f"{name} (lr {lr})" for name, _, lr in OPTIMIZERS},
+                        os.path.join(out_dir, figures[-1]), yscale="log",
+                        title=f"MLP 784-100x4-10 on {dataset}, batch 128 ({len(seeds)} seed(s): mean and range)")
         final = {name: [float(smooth(c)[-1]) for c in cs] for name, cs in curves.items()}
         faster = [n for n in ("momentum", "adagrad", "adam") if spread.exceeds(final["sgd"], final[n])]
         claims.append(verdict(
@@ -100,9 +82,9 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
             + ", ".join(f"{n} {spread.fmt(v)}" for n, v in final.items())
             + f"; below SGD by the spread rule: {', '.join(faster) or 'none'}",
             partly=bool(faster) or any(spread.larger_in_every_seed(final["sgd"], final[n])
-                                       for n in ("momentum", "adagrad", "adam")), dataset=data.name, tutorial="figure: SGD's loss curve above the others (MNIST)"))
-        final_losses[data.name] = {n: spread.summary(v) for n, v in final.items()}
-        loss_curves[data.name] = {n: [c.tolist() for c in cs] for n, cs in curves.items()}
+                                       for n in ("momentum", "adagrad", "adam")), dataset=dataset, tutorial="figure: SGD's loss curve above the others (MNIST)"))
+        final_losses[dataset] = {n: spread.summary(v) for n, v in final.items()}
+        loss_curves[dataset] = {n: [c.tolist() for c in cs] for n, cs in curves.items()}
     metrics = dict(description=__doc__.split('\n', 1)[1].strip(), experiment="optimizers", title=TITLE,
                    dataset=", ".join(final_losses), datasets=list(final_losses), quick=quick, seeds=seeds,
                    iterations=iterations, trajectories={n: p.tolist() for n, p in paths.items()},

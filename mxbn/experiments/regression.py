@@ -30,7 +30,6 @@ COEF = np.array([2.0, -1.0, 3.0, 1.0, 2.0])
 DEPTHS, ACTS = (1, 2, 3, 4), ("sigmoid", "tanh")
 LRS = (0.1, 0.03, 0.01, 0.005, 0.001)
 DATA_SEED = 0   # one data set for every seed: the seeds vary the initialisation and the batch order
-TUTORIAL_DATASET = "the same synthetic regression"
 
 
 def make_data(ctx, seed=DATA_SEED):

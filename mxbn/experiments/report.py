@@ -92,7 +92,7 @@ def write_report(runs_dir, docs_dir, names, planned=()):
             os.remove(os.path.join(fig_dir, stale))
     if missing:
         parts.append("## Not yet run\n\n" + ", ".join(f"`{n}`" for n in missing)
-                     + f": run `python scripts/reproduce.py NAME` and then `report`.\n")
+                     + ": run `python scripts/reproduce.py NAME` and then `report`.\n")
     if planned:
         parts.append("## Not yet reproduced\n\nThese studies have no experiment in mxbn yet: "
                      + ", ".join(f"`{n}`" for n in planned) + ".\n")

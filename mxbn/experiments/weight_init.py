@@ -12,12 +12,10 @@ import os
 
 import numpy as np
 
-from .. import models
-from ..jit import jit
 from ..optim import SGD
-from ..plot import plot_band, save_figure, subplots
+from ..plot import save_figure, subplots
 from . import spread
-from .common import save_metrics, seed_list, smooth, study_datasets, train_mlp_iterations, verdict
+from .common import mlp_loss_curves, plot_loss_bands, save_metrics, seed_list, smooth, study_datasets, verdict
 
 TITLE = "Weight initialisation"
 LAYERS, UNITS, SAMPLES = 5, 100, 1000
@@ -64,17 +62,6 @@ def _histograms(acts, path):
     save_figure(fig, path)
 
 
-def _loss_curves(data, iterations, seed, log):
-    curves = {}
-    for label, init, scale in INITS:
-        params, state = models.mlp_params(data.train[0].context, (784, 100, 100, 100, 100, 10), init=init,
-                                          seed=seed, init_scale=scale)
-        curves[label] = train_mlp_iterations(jit(models.mlp), params, state, SGD(lr=0.01), data.train,
-                                             iterations, 128, seed)
-        log(f"init {data.name} seed {seed}: {label} final smoothed loss {smooth(curves[label])[-1]:.4f}")
-    return curves
-
-
 def run(out_dir, ctx, quick=False, log=print, seeds=1):
     os.makedirs(out_dir, exist_ok=True)
     seeds = seed_list(seeds)
@@ -102,34 +89,29 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
 
     iterations = 100 if quick else 2000
     figures, final_losses, loss_curves = ["histograms.png"], {}, {}
-    for data in study_datasets(ctx, limit_train=2000 if quick else None, limit_test=100, log=log):
-        runs = [_loss_curves(data, iterations, seed, log) for seed in seeds]
-        curves = {label: [r[label] for r in runs] for label, *_ in INITS}
-        fig, ax = subplots(figsize=(7, 5))
-        for label, cs in curves.items():
-            plot_band(ax, list(range(1, iterations + 1)), [smooth(c) for c in cs], label)
-        ax.set(xlabel="iteration", ylabel="training loss (moving average of 50)",
-               title=f"MLP 784-100x4-10 ReLU, SGD lr 0.01, on {data.name} ({len(seeds)} seed(s))")
-        ax.legend()
-        figures.append(f"init_loss-{data.name}.png")
-        save_figure(fig, os.path.join(out_dir, figures[-1]))
+    settings = {label: (init, scale, lambda: SGD(lr=0.01)) for label, init, scale in INITS}
+    datasets = study_datasets(ctx, limit_train=2000 if quick else None, limit_test=100, log=log)
+    for dataset, curves in mlp_loss_curves(settings, iterations, seeds, datasets, log, "init").items():
+        figures.append(f"init_loss-{dataset}.png")
+        plot_loss_bands(curves, {label: label for label in curves}, os.path.join(out_dir, figures[-1]),
+                        title=f"MLP 784-100x4-10 ReLU, SGD lr 0.01, on {dataset} ({len(seeds)} seed(s))")
         final = {k: [float(smooth(c)[-1]) for c in cs] for k, cs in curves.items()}
         he_first = spread.exceeds(final["xavier"], final["he"]) and spread.exceeds(final["std 0.01"], final["he"])
         claims += [
             verdict("with std 0.01 the MLP does not learn (loss stays near ln 10 = 2.30)",
                     spread.in_every_seed([v > NO_LEARNING for v in final["std 0.01"]]),
                     f"final smoothed loss {spread.fmt(final['std 0.01'])} after {iterations} iterations",
-                    dataset=data.name, tutorial="flat loss curve for std 0.01 (MNIST)"),
+                    dataset=dataset, tutorial="flat loss curve for std 0.01 (MNIST)"),
             verdict("He learns fastest", he_first,
                     "final smoothed loss " + ", ".join(f"{k} {spread.fmt(v)}" for k, v in final.items())
                     + f"; He below both by the spread rule: {'yes' if he_first else 'no'}",
                     partly=spread.exceeds(final["std 0.01"], final["he"])
                     or (spread.larger_in_every_seed(final["xavier"], final["he"])
-                        and spread.larger_in_every_seed(final["std 0.01"], final["he"])), dataset=data.name,
+                        and spread.larger_in_every_seed(final["std 0.01"], final["he"])), dataset=dataset,
                     tutorial="He's loss curve lowest, Xavier close (MNIST)"),
         ]
-        final_losses[data.name] = {k: spread.summary(v) for k, v in final.items()}
-        loss_curves[data.name] = {k: [c.tolist() for c in cs] for k, cs in curves.items()}
+        final_losses[dataset] = {k: spread.summary(v) for k, v in final.items()}
+        loss_curves[dataset] = {k: [c.tolist() for c in cs] for k, cs in curves.items()}
     metrics = dict(description=__doc__.split('\n', 1)[1].strip(), experiment="init", title=TITLE,
                    dataset=", ".join(final_losses), datasets=list(final_losses), quick=quick, seeds=seeds,
                    iterations=iterations, activation_stats=stats, final_smoothed_loss=final_losses,
