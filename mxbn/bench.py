@@ -123,10 +123,9 @@ def step_breakdown(ctx, batch_size=128, repeat=30):
     """Where one default training step's time goes: each LeNet layer as its own jitted graph
     (forward+backward), then the whole step's parts.  Rows: (part, median ms)."""
     from .optim import SGD
-    from .train import loss_and_correct
+    from .train import TrainStep, attach_gradients, loss_and_correct
     params, state = lenet_params(ctx, seed=0)
-    for p in params.values():
-        p.attach_grad()
+    attach_gradients(params)
     (X, y), = _synthetic_batches(ctx, batch_size, count=1)
 
     def layer(name, fn, inp):
@@ -154,21 +153,18 @@ def step_breakdown(ctx, batch_size=128, repeat=30):
     H = layer("relu+pool2", lambda p, s, H, y: F.max_pool2d(F.relu(H), 2), H)
     layer("dense+relu+dense+loss", lambda p, s, H, y: F.softmax_cross_entropy(
         F.dense(F.relu(F.dense(H, p["fc1_weight"], p["fc1_bias"])), p["fc2_weight"], p["fc2_bias"]), y), H)
-    net = jit(lenet)
-    batch_loss = loss_and_correct(net, is_training=True)
+    batch_loss = loss_and_correct(jit(lenet), is_training=True)
     opt = SGD(lr=0.1)
-    opt_state = opt.init(params)
+    step = TrainStep(batch_loss, params, state, opt, opt.init(params))
 
     def forward_only():
         batch_loss(params, state, X, y)
 
     def forward_backward():
-        with autograd.record():
-            loss, _ = batch_loss(params, state, X, y)
-        loss.backward()
+        step.forward_backward(X, y)
 
     def update():
-        opt.update(params, {k: p.grad for k, p in params.items()}, opt_state)
+        step.apply()
 
     rows += [("whole graph: forward (train mode, loss in graph, state written back)", _median_ms(forward_only, repeat)),
              ("whole graph: forward+backward", _median_ms(forward_backward, repeat)),

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 from .context import ContextError, parse_contexts
 from .data import DATASETS
-from .functional import BATCH_NORM_IMPLS
+from .batch_norm import BATCH_NORM_IMPLS
 from .init import INIT_NAMES
 from .optim import OPTIMIZERS
 from .parallel.kvstore import KVSTORE_TYPES

@@ -28,6 +28,7 @@ contexts.
 """
 import functools
 import traceback
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -41,6 +42,12 @@ __all__ = ["jit", "Jitted", "TracingError", "unjitted", "jit_like"]
 
 _FLAGS = [("static_alloc", True), ("static_shape", True)]
 
+# Graphs one Jitted may trace before it warns: each distinct static argument
+# (a Python float that changes every call, say) and each input shape traces a
+# new graph and keeps it, so an ever-growing cache means a value that should
+# be an array is passed as a static.
+CACHE_WARN_SIZE = 16
+
 
 def jit(fn):
     """Compile ``fn`` (a function of arrays written with mxbn's ops) into one static graph per shape."""
@@ -52,9 +59,19 @@ def unjitted(net):
     return net.fn if isinstance(net, Jitted) else net
 
 
-def jit_like(net, fn):
-    """``fn`` jitted if ``net`` is, so that a loss or a probe built on the net runs the way the net does."""
-    return jit(fn) if isinstance(net, Jitted) else fn
+def jit_like(net, fn, key=None):
+    """``fn`` jitted if ``net`` is, so that a loss or a probe built on the net runs the way the net does.
+
+    With a ``key`` (e.g. ``("loss_and_correct", True)``) the jitted graph is built once per net and key
+    and kept on ``net``: evaluating the same net every epoch reuses its traces instead of tracing anew.
+    """
+    if not isinstance(net, Jitted):
+        return fn
+    if key is None:
+        return jit(fn)
+    if key not in net.derived:
+        net.derived[key] = jit(fn)
+    return net.derived[key]
 
 
 # ---------------------------------------------------------------------- argument trees
@@ -145,6 +162,8 @@ class Jitted:
     def __init__(self, fn):
         self.fn = fn
         self._cache = {}
+        self.derived = {}   # graphs built on this net (loss, prediction), see jit_like
+        self._warned = False
         functools.update_wrapper(self, fn)
         self.name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", repr(fn))
 
@@ -163,7 +182,16 @@ class Jitted:
         compiled = self._cache.get(key)
         if compiled is None:
             compiled = self._cache[key] = self._trace(structure, leaves)
+            self._warn_if_growing()
         return self._run(compiled, leaves, ctx, returns_np)
+
+    def _warn_if_growing(self):
+        if len(self._cache) > CACHE_WARN_SIZE and not self._warned:
+            self._warned = True
+            warnings.warn(f"mxbn.jit: {self.name} has traced {len(self._cache)} graphs: every new value of a "
+                          f"static (non-array) argument and every new input shape traces and keeps one; pass a "
+                          f"changing number as an array (e.g. mx.nd.array([lr])) instead", RuntimeWarning,
+                          stacklevel=3)
 
     @staticmethod
     def _context(leaves):

@@ -23,6 +23,10 @@ from mxnet import sym
 __all__ = ["Trace", "TracingError", "current", "shape_of", "dtype_of"]
 
 _ACTIVE = threading.local()
+# The Symbol.shape/ndim properties below are process-wide while a trace is
+# thread-local: one trace at a time in the whole process, so that a second
+# thread's trace cannot remove the properties under the first one's feet.
+_TRACING = threading.Lock()
 
 
 class TracingError(TypeError):
@@ -45,6 +49,7 @@ class Trace:
         if getattr(_ACTIVE, "trace", None) is not None:
             raise TracingError("mxbn.jit: a jitted function was called while another one is being traced; "
                                "call the inner function's undecorated version inside the outer one")
+        _TRACING.acquire()
         _ACTIVE.trace = self
         # Shapes are static within a trace, so a traced function may read them
         # as it would an NDArray's (``X.shape[0]``); MXNet's Symbol has no such
@@ -56,6 +61,7 @@ class Trace:
     def __exit__(self, *exc):
         _ACTIVE.trace = None
         del sym.Symbol.shape, sym.Symbol.ndim
+        _TRACING.release()
         return False
 
     # ---------------------------------------------------------------- shapes and dtypes

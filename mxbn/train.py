@@ -18,7 +18,8 @@ from .data import epoch_batches
 from .jit import jit_like, unjitted
 from .seeding import augment_rng, epoch_seed, shuffle_rng
 
-__all__ = ["fit", "evaluate", "predict", "confusion_matrix", "loss_and_correct", "SingleDeviceStep", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["fit", "evaluate", "predict", "confusion_matrix", "loss_and_correct", "TrainStep", "SingleDeviceStep",
+           "attach_gradients", "gradients_of", "TrainingDiverged", "TrainingInterrupted"]
 
 # Batches between two reads of the running metrics.  Reading is a host-device
 # sync point; without any, Python would queue the whole epoch on MXNet's
@@ -50,7 +51,7 @@ def loss_and_correct(net, is_training):
         logits = forward(params, state, X, is_training)
         return F.softmax_cross_entropy(logits, y), F.correct_count(logits, y)
 
-    return jit_like(net, batch_loss)
+    return jit_like(net, batch_loss, key=("loss_and_correct", bool(is_training)))
 
 
 def evaluate(net, params, state, X, y, batch_size):
@@ -82,7 +83,7 @@ def predict(net, params, state, X, batch_size):
     def classify(params, state, X):
         return F.top_class(F.softmax(forward(params, state, X, False)))
 
-    classify = jit_like(net, classify)
+    classify = jit_like(net, classify, key=("classify",))
     labels, probs = zip(*(classify(params, state, X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)))
     return nd.concat(*labels, dim=0).asnumpy().astype(np.int64), nd.concat(*probs, dim=0).asnumpy()
 
@@ -104,34 +105,62 @@ def _diverged(epoch, batch, consequence):
     return TrainingDiverged(f"non-finite training loss in epoch {epoch + 1} at batch {batch + 1}{consequence}")
 
 
-class SingleDeviceStep:
-    """A training step on one device: record -> loss -> backward, then the optimizer's update.
+def attach_gradients(params):
+    """Give every parameter a gradient buffer (autograd writes it in ``backward``)."""
+    for p in params.values():
+        p.attach_grad()
 
-    ``fit`` drives a step object through ``seed_epoch``, ``forward_backward``
-    and ``apply``; ``mxbn.parallel.DataParallelStep`` is the several-device one.
+
+def gradients_of(params):
+    """``{name: gradient}`` of the parameters, as the optimizers take it."""
+    return {name: p.grad for name, p in params.items()}
+
+
+class TrainStep:
+    """The one training step of mxbn: record -> loss -> backward, then the optimizer's update.
+
+    ``loss_fn(params, state, X, y)`` returns ``(loss, aux)`` (``aux``: any array, e.g. a
+    correct count; a bare loss is taken as ``(loss, None)``) -- the shape of an optax/Flax
+    train step.  It may be jitted (``mxbn.jit``); BN state is written by the ops inside it.
+    ``fit``, the studies' loops and the bench drive a step through ``seed_epoch``,
+    ``forward_backward`` and ``apply``; ``mxbn.parallel.DataParallelStep`` is the
+    several-device step with the same protocol.
     """
     # several processes that must agree on stopping (see DataParallelStep)
     collective = False
 
-    def __init__(self, net, params, state, optimizer, opt_state):
-        self.net, self.params, self.state = net, params, state
+    def __init__(self, loss_fn, params, state, optimizer, opt_state):
+        self.loss_fn, self.params, self.state = loss_fn, params, state
         self.optimizer, self.opt_state = optimizer, opt_state
-        self.batch_loss = loss_and_correct(net, is_training=True)
-        for p in params.values():
-            p.attach_grad()
+        attach_gradients(params)
 
     def seed_epoch(self, value):
         mx.random.seed(value, ctx=next(iter(self.params.values())).context)
 
     def forward_backward(self, X, y):
-        """(mean loss, correct count) of the batch, both (1,) arrays on the device; gradients in place."""
+        """(loss, aux) of the batch, detached, on the device; gradients in place."""
         with autograd.record():
-            loss, correct = self.batch_loss(self.params, self.state, X, y)
+            out = self.loss_fn(self.params, self.state, X, y)
+        loss, aux = out if isinstance(out, tuple) else (out, None)
         loss.backward()
-        return loss.detach(), correct.detach()
+        return loss.detach(), (aux.detach() if aux is not None else None)
 
-    def apply(self, lr):
-        self.optimizer.update(self.params, {k: p.grad for k, p in self.params.items()}, self.opt_state, lr=lr)
+    def apply(self, lr=None):
+        self.optimizer.update(self.params, gradients_of(self.params), self.opt_state, lr=lr)
+
+    def __call__(self, X, y, lr=None):
+        """forward_backward, then apply: one whole step; returns (loss, aux)."""
+        loss, aux = self.forward_backward(X, y)
+        self.apply(lr)
+        return loss, aux
+
+
+class SingleDeviceStep(TrainStep):
+    """The trainer's step for a classifier ``net``: mean cross-entropy and the correct count."""
+
+    def __init__(self, net, params, state, optimizer, opt_state):
+        self.net = net
+        super().__init__(loss_and_correct(net, is_training=True), params, state, optimizer, opt_state)
 
 
 def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epochs, batch_size, seed=0,
@@ -182,104 +211,168 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
                          "would leave the others waiting for its gradients")
     history = list(history or [])
     start = dict(start or {"epoch": len(history), "batch": 0})
-    X_train, y_train = train_data
-    X_test, y_test = test_data
-    ctx = X_train.context
+    loop = _EpochLoop(step, optimizer, params, state, seed=seed, lr_schedule=lr_schedule, augment=augment,
+                      on_nan=on_nan, max_skipped=max_skipped, after_step=after_step, stop_requested=stop_requested,
+                      log=log, progress=progress, num_epochs=num_epochs)
     for epoch in range(start["epoch"], num_epochs):
-        resume_here = epoch == start["epoch"] and start["batch"] > 0
+        resumed = start if epoch == start["epoch"] and start["batch"] > 0 else None
         step.seed_epoch(epoch_seed(seed, epoch))
         t0 = time.perf_counter()
-        batches, dropped = epoch_batches(X_train, y_train, batch_size, shuffle_rng(seed, epoch), min_batch_size)
+        batches, dropped = epoch_batches(*train_data, batch_size, shuffle_rng(seed, epoch), min_batch_size)
         if dropped:
             log(f"note: epoch {epoch + 1}: dropped a final batch of {dropped} sample(s), too small "
                 f"for batch statistics (needs >= {min_batch_size})")
-        iteration = epoch * len(batches)
-        first = start["batch"] if resume_here else 0
-        # Running sums stay on the device; a resumed epoch continues from the saved float32 values.
-        loss_sum = nd.array([start["loss_sum"] if resume_here else 0.0], ctx=ctx)
-        correct = nd.array([start["correct"] if resume_here else 0.0], ctx=ctx)
-        seen = start["seen"] if resume_here else 0
-        seen_before = seen  # samples of a resumed epoch trained before the interruption
-        skipped = start.get("skipped", 0) if resume_here else 0
-        # Each batch's loss is copied into this device array (no sync), so a
-        # non-finite loss found at the next sync point is located exactly.
-        batch_losses = nd.zeros((len(batches),), ctx=ctx)
-        checked = first
-        lr = None
-        bar = _progress_bar(len(batches), epoch, num_epochs, first) if progress else None
-        for b in range(first, len(batches)):
-            X, y = batches[b]
-            if augment is not None:
-                X = augment(X, augment_rng(seed, epoch, b))
-            loss, batch_correct = step.forward_backward(X, y)
-            if on_nan == "skip" and not math.isfinite(float(loss.asscalar())):  # per-batch sync, by request
-                skipped += 1
-                log(f"warning: epoch {epoch + 1} batch {b + 1}: non-finite loss, batch skipped "
-                    f"({skipped} so far)")
-                if skipped > max_skipped:
-                    raise TrainingDiverged(f"more than {max_skipped} batches with a non-finite loss in epoch "
-                                           f"{epoch + 1}; the learning rate is probably too large")
-                batch_losses[b] = 0.0
-                continue
-            lr = lr_schedule(iteration + b) if lr_schedule is not None else None
-            step.apply(lr)
-            if after_step is not None:
-                after_step(iteration + b + 1, params, state)
-            batch_losses[b] = loss
-            loss_sum += loss * X.shape[0]
-            correct += batch_correct
-            seen += X.shape[0]
-            last = b + 1 == len(batches)
-            at_sync = (b + 1) % SYNC_EVERY == 0 or last
-            bad = None
-            if at_sync:  # sync point, see SYNC_EVERY
-                bad = _first_non_finite(batch_losses, checked, b + 1)
-                checked = b + 1
-            stop = stop_requested is not None and (at_sync or not step.collective) and stop_requested()
-            if at_sync and step.collective:
-                # every process must take the same branch, or one waits forever for the others
-                any_bad, stop = step.agree([bad is not None, stop])
-                if any_bad and bad is None:
-                    raise TrainingDiverged(f"non-finite training loss on another worker in epoch {epoch + 1} "
-                                           f"by batch {b + 1}")
-            if bad is not None:
-                raise _diverged(epoch, bad, f" (lr {lr if lr is not None else optimizer.lr:g}); the learning "
-                                f"rate is probably too large or the weights too large at initialisation")
-            if at_sync and bar is not None:
-                bar.update(b + 1 - bar.n)
-                bar.set_postfix(loss=f"{float(loss_sum.asscalar()) / max(seen, 1):.4f}",
-                                acc=f"{float(correct.asscalar()) / max(seen, 1):.4f}")
-            if stop and not last:
-                position = dict(epoch=epoch, batch=b + 1, loss_sum=float(loss_sum.asscalar()),
-                                correct=float(correct.asscalar()), seen=seen, skipped=skipped)
-                bad = _first_non_finite(batch_losses, checked, b + 1)
-                if bad is not None:
-                    raise _diverged(epoch, bad, "; not saving an interrupted checkpoint")
-                if bar is not None:
-                    bar.close()
-                if on_interrupt is not None:
-                    on_interrupt(position, history)
-                raise TrainingInterrupted(position)
-        if bar is not None:
-            bar.close()
-        if seen == 0:
-            raise TrainingDiverged(f"every batch of epoch {epoch + 1} was skipped for a non-finite loss")
+        sums, lr = loop.train_epoch(epoch, batches, train_data[0].context, resumed, on_interrupt, history)
         train_seconds = time.perf_counter() - t0
-        train_loss, train_acc = float(loss_sum.asscalar()) / seen, float(correct.asscalar()) / seen
-        test_loss, test_acc = evaluate(net, params, state, X_test, y_test, batch_size)
-        seconds = time.perf_counter() - t0
-        record = dict(epoch=epoch + 1, lr=float(lr if lr is not None else optimizer.lr),
-                      train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
-                      seconds=seconds, train_seconds=train_seconds,
-                      images_per_sec=(seen - seen_before) / train_seconds,
-                      samples=seen, dropped=dropped, skipped=skipped, resumed_at_batch=first)
+        test_loss, test_acc = evaluate(net, params, state, *test_data, batch_size)
+        record = _epoch_record(epoch, lr if lr is not None else optimizer.lr, sums, test_loss, test_acc,
+                               time.perf_counter() - t0, train_seconds, dropped, resumed)
         history.append(record)
-        log(f"epoch {epoch + 1}/{num_epochs}  lr {record['lr']:.4g}  train loss {train_loss:.4f} "
-            f"acc {train_acc:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
-            f"{seconds:.1f} s ({record['images_per_sec']:.0f} img/s)")
+        log(f"epoch {epoch + 1}/{num_epochs}  lr {record['lr']:.4g}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_acc']:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
+            f"{record['seconds']:.1f} s ({record['images_per_sec']:.0f} img/s)")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, history)
     return history
+
+
+def _epoch_record(epoch, lr, sums, test_loss, test_acc, seconds, train_seconds, dropped, resumed):
+    """The history entry of one finished epoch (one host read of the running sums)."""
+    train_loss, train_acc = sums.means()
+    return dict(epoch=epoch + 1, lr=float(lr), train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                test_acc=test_acc, seconds=seconds, train_seconds=train_seconds,
+                images_per_sec=(sums.seen - sums.seen_before) / train_seconds, samples=sums.seen,
+                dropped=dropped, skipped=sums.skipped, resumed_at_batch=resumed["batch"] if resumed else 0)
+
+
+class _RunningSums:
+    """One epoch's running loss, correct count and per-batch losses, kept on the device.
+
+    Each batch's loss is copied into ``batch_losses`` (no sync), so a non-finite
+    loss found at the next sync point is located exactly.  A resumed epoch
+    continues from the saved float32 values of its ``position``.
+    """
+
+    def __init__(self, ctx, num_batches, resumed=None):
+        resumed = resumed or {}
+        self.loss_sum = nd.array([resumed.get("loss_sum", 0.0)], ctx=ctx)
+        self.correct = nd.array([resumed.get("correct", 0.0)], ctx=ctx)
+        self.seen = resumed.get("seen", 0)
+        self.seen_before = self.seen  # samples of a resumed epoch trained before the interruption
+        self.skipped = resumed.get("skipped", 0)
+        self.first = resumed.get("batch", 0)
+        self.checked = self.first
+        self.batch_losses = nd.zeros((num_batches,), ctx=ctx)
+
+    def add(self, b, loss, batch_correct, n):
+        self.batch_losses[b] = loss
+        self.loss_sum += loss * n
+        self.correct += batch_correct
+        self.seen += n
+
+    def skip(self, b):
+        self.skipped += 1
+        self.batch_losses[b] = 0.0
+
+    def first_non_finite(self, stop):
+        """Index of the first non-finite loss among the batches not yet checked, up to ``stop`` (a sync)."""
+        bad = _first_non_finite(self.batch_losses, self.checked, stop)
+        self.checked = stop
+        return bad
+
+    def means(self):
+        """(mean loss, accuracy) so far (a host read)."""
+        seen = max(self.seen, 1)
+        return float(self.loss_sum.asscalar()) / seen, float(self.correct.asscalar()) / seen
+
+    def position(self, epoch, batch):
+        """Where an interrupted run resumes: what ``fit(start=...)`` takes."""
+        return dict(epoch=epoch, batch=batch, loss_sum=float(self.loss_sum.asscalar()),
+                    correct=float(self.correct.asscalar()), seen=self.seen, skipped=self.skipped)
+
+
+class _EpochLoop:
+    """The batch loop of ``fit``: step, non-finite checks at sync points, stop requests, progress."""
+
+    def __init__(self, step, optimizer, params, state, seed, lr_schedule, augment, on_nan, max_skipped,
+                 after_step, stop_requested, log, progress, num_epochs):
+        self.step, self.optimizer, self.params, self.state = step, optimizer, params, state
+        self.seed, self.lr_schedule, self.augment = seed, lr_schedule, augment
+        self.on_nan, self.max_skipped, self.after_step = on_nan, max_skipped, after_step
+        self.stop_requested, self.log, self.progress, self.num_epochs = stop_requested, log, progress, num_epochs
+
+    def train_epoch(self, epoch, batches, ctx, resumed, on_interrupt, history):
+        """Train on ``batches`` (from ``resumed``'s batch on); returns (running sums, last lr applied)."""
+        sums = _RunningSums(ctx, len(batches), resumed)
+        iteration = epoch * len(batches)
+        lr = None
+        bar = _progress_bar(len(batches), epoch, self.num_epochs, sums.first) if self.progress else None
+        for b in range(sums.first, len(batches)):
+            X, y = batches[b]
+            if self.augment is not None:
+                X = self.augment(X, augment_rng(self.seed, epoch, b))
+            loss, batch_correct = self.step.forward_backward(X, y)
+            if self.on_nan == "skip" and not math.isfinite(float(loss.asscalar())):  # per-batch sync, by request
+                self._skip(sums, epoch, b)
+                continue
+            lr = self.lr_schedule(iteration + b) if self.lr_schedule is not None else None
+            self.step.apply(lr)
+            if self.after_step is not None:
+                self.after_step(iteration + b + 1, self.params, self.state)
+            sums.add(b, loss, batch_correct, X.shape[0])
+            last = b + 1 == len(batches)
+            at_sync = (b + 1) % SYNC_EVERY == 0 or last
+            stop = self._check(sums, epoch, b, at_sync, lr)
+            if at_sync and bar is not None:
+                loss_mean, acc = sums.means()
+                bar.update(b + 1 - bar.n)
+                bar.set_postfix(loss=f"{loss_mean:.4f}", acc=f"{acc:.4f}")
+            if stop and not last:
+                self._interrupt(sums, epoch, b + 1, bar, on_interrupt, history)
+        if bar is not None:
+            bar.close()
+        if sums.seen == 0:
+            raise TrainingDiverged(f"every batch of epoch {epoch + 1} was skipped for a non-finite loss")
+        return sums, lr
+
+    def _skip(self, sums, epoch, b):
+        sums.skip(b)
+        self.log(f"warning: epoch {epoch + 1} batch {b + 1}: non-finite loss, batch skipped "
+                 f"({sums.skipped} so far)")
+        if sums.skipped > self.max_skipped:
+            raise TrainingDiverged(f"more than {self.max_skipped} batches with a non-finite loss in epoch "
+                                   f"{epoch + 1}; the learning rate is probably too large")
+
+    def _check(self, sums, epoch, b, at_sync, lr):
+        """Raise on a non-finite loss found at a sync point; return whether a stop was requested.
+
+        With a collective step both answers are agreed among the processes at the
+        sync points: every process must take the same branch, or one waits forever.
+        """
+        bad = sums.first_non_finite(b + 1) if at_sync else None  # sync point, see SYNC_EVERY
+        collective = self.step.collective
+        stop = self.stop_requested is not None and (at_sync or not collective) and self.stop_requested()
+        if at_sync and collective:
+            any_bad, stop = self.step.agree([bad is not None, stop])
+            if any_bad and bad is None:
+                raise TrainingDiverged(f"non-finite training loss on another worker in epoch {epoch + 1} "
+                                       f"by batch {b + 1}")
+        if bad is not None:
+            raise _diverged(epoch, bad, f" (lr {lr if lr is not None else self.optimizer.lr:g}); the learning "
+                            f"rate is probably too large or the weights too large at initialisation")
+        return stop
+
+    def _interrupt(self, sums, epoch, batch, bar, on_interrupt, history):
+        """Save where training stopped (after ``batch`` batches of ``epoch``) and raise TrainingInterrupted."""
+        position = sums.position(epoch, batch)
+        bad = sums.first_non_finite(batch)
+        if bad is not None:
+            raise _diverged(epoch, bad, "; not saving an interrupted checkpoint")
+        if bar is not None:
+            bar.close()
+        if on_interrupt is not None:
+            on_interrupt(position, history)
+        raise TrainingInterrupted(position)
 
 
 def _progress_bar(total, epoch, num_epochs, initial=0):

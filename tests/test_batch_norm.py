@@ -248,7 +248,7 @@ def test_scratch_path_releases_activations_after_backward():
     the count grows by one per step.
     """
     import gc
-    from mxbn.functional import _ScratchBatchNorm
+    from mxbn.batch_norm import _ScratchBatchNorm
     G, B, MM, MV = nd.ones(3), nd.zeros(3), nd.zeros(3), nd.ones(3)
     G.attach_grad()
     holding = []

@@ -3,14 +3,14 @@ import os
 from typing import NamedTuple
 
 import numpy as np
-from mxnet import autograd, nd
+from mxnet import nd
 
 from .. import mnist5k, models
 from ..atomic import atomic_write_json
 from ..data import DataError, find_data_dir, load_dataset, to_device
 from ..jit import jit
 from ..plot import plot_band, save_figure, subplots
-from ..train import evaluate, loss_and_correct
+from ..train import TrainStep, evaluate, loss_and_correct
 
 __all__ = ["StudyData", "study_datasets", "train_mlp_iterations", "AccuracyRecorder", "smooth", "save_metrics",
            "verdict", "seed_list", "MLP_4X100", "mlp_loss_curves", "plot_loss_bands"]
@@ -62,26 +62,18 @@ def train_mlp_iterations(net, params, state, optimizer, train, iterations, batch
     ``after_step(iteration, params, state)`` (iteration counted from 1) is called after every update,
     e.g. an :class:`AccuracyRecorder`.
     """
-    batch_loss = loss_and_correct(net, is_training=True)
+    step = TrainStep(loss_and_correct(net, is_training=True), params, state, optimizer, optimizer.init(params))
     X, y = train
     n = X.shape[0]
     rng = np.random.default_rng(seed)
     losses = nd.zeros((iterations,), ctx=X.context)
-    opt_state = optimizer.init(params)
-    for p in params.values():
-        p.attach_grad()
     # every batch's indices, drawn up front and sent to the device once
     epochs_needed = -(-iterations * batch_size // n)
     order = np.concatenate([rng.permutation(n) for _ in range(epochs_needed)])[:iterations * batch_size]
     order = nd.array(order, ctx=X.context, dtype="int32")
     for it in range(iterations):
         idx = order[it * batch_size:(it + 1) * batch_size]
-        Xb, yb = nd.take(X, idx), nd.take(y, idx)
-        with autograd.record():
-            loss, _ = batch_loss(params, state, Xb, yb)
-        loss.backward()
-        optimizer.update(params, {k: p.grad for k, p in params.items()}, opt_state)
-        losses[it] = loss.detach()
+        losses[it], _ = step(nd.take(X, idx), nd.take(y, idx))
         if after_step is not None:
             after_step(it + 1, params, state)
     return losses.asnumpy().astype(np.float64)

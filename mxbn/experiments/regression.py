@@ -14,13 +14,14 @@ import itertools
 import os
 
 import numpy as np
-from mxnet import autograd, nd
+from mxnet import nd
 
 from .. import functional as F
 from .. import models
 from ..data import epoch_batches
 from ..jit import jit
 from ..optim import SGD
+from ..train import TrainStep
 from ..plot import plot_range, save_figure, subplots
 from . import spread
 from .common import save_metrics, seed_list, verdict
@@ -53,11 +54,9 @@ def _mse_of(params, state, X, y, is_training, activation):
 def train_regression(depth, act, use_bn, lr, batch_size, epochs, train, test, ctx, seed=0):
     """Test MSE after each epoch (reads once at the end); NaN where training diverged."""
     params, state = models.mlp_params(ctx, (5,) + (WIDTH,) * depth + (1,), use_bn=use_bn, init="xavier", seed=seed)
-    opt = SGD(lr=lr)
-    opt_state = opt.init(params)
-    for p in params.values():
-        p.attach_grad()
     loss_of = jit(functools.partial(_mse_of, activation=act))   # forward + loss as one graph
+    opt = SGD(lr=lr)
+    step = TrainStep(lambda p, s, Xb, Yb: loss_of(p, s, Xb, Yb, True), params, state, opt, opt.init(params))
     X, Y = train
     rng = np.random.default_rng(seed)
     test_mse = nd.zeros((epochs,), ctx=ctx)
@@ -65,10 +64,7 @@ def train_regression(depth, act, use_bn, lr, batch_size, epochs, train, test, ct
         # a final batch of one sample has no batch variance: dropped, as the trainer does
         batches, _ = epoch_batches(X, Y, batch_size, rng, min_batch_size=2)
         for Xb, Yb in batches:
-            with autograd.record():
-                loss = loss_of(params, state, Xb, Yb, True)
-            loss.backward()
-            opt.update(params, {k: p.grad for k, p in params.items()}, opt_state)
+            step(Xb, Yb)
         test_mse[epoch] = loss_of(params, state, test[0], test[1], False)
     out = test_mse.asnumpy().astype(np.float64)
     out[~np.isfinite(out)] = np.nan

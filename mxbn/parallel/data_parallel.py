@@ -21,6 +21,7 @@ from mxnet import autograd, nd
 from .. import functional as F
 from ..jit import jit
 from ..models import LENET_BLOCKS, lenet_conv, lenet_head, lenet_pool
+from ..train import attach_gradients, gradients_of
 from .kvstore import is_distributed
 from .sync_batch_norm import sync_batch_norm
 
@@ -138,8 +139,7 @@ class DataParallelStep:
         self.average_stats = bool(state) and not (stats_synchronized and self.num_workers == 1)
         self.replicas = len(self.contexts) * self.num_workers
         for replica in self.params:
-            for p in replica.values():
-                p.attach_grad()
+            attach_gradients(replica)
         self._keys = {name: f"param:{name}" for name in params}
         self._keys.update({name: f"state:{name}" for name in state})
         for name, key in self._keys.items():
@@ -181,7 +181,7 @@ class DataParallelStep:
             self.kv.push(self._keys[name], grads, priority=-priority)
             self.kv.pull(self._keys[name], out=grads, priority=-priority)
         for params, opt_state in zip(self.params, self.opt_states):
-            self.optimizer.update(params, {k: p.grad for k, p in params.items()}, opt_state, lr=lr)
+            self.optimizer.update(params, gradients_of(params), opt_state, lr=lr)
         if self.average_stats:
             for name in self.states[0]:
                 copies = [s[name] for s in self.states]

@@ -23,9 +23,10 @@ op runs on one device: nothing here assumes the devices share memory.
 
 from mxnet import nd
 
-from .. import functional as F
+from .._arrays import dtype_name
+from ..batch_norm import (STAT_DTYPE, batch_norm, check_batch_norm_args, normalize_per_channel, three_d_shape,
+                          update_moving_stats)
 from ..custom_function import Function
-from ..functional import _check_batch_norm_args, _three_d_shape, _update_moving_stats
 
 __all__ = ["sync_batch_norm"]
 
@@ -81,7 +82,7 @@ class _NormalizeWithStats(Function):
         scale = gamma * invstd
         xc = nd.broadcast_sub(X3, mean.reshape((1, C, 1)))
         self.save_for_backward(xc, invstd, scale)
-        return nd.broadcast_add(nd.broadcast_mul(xc, scale.reshape((1, C, 1))), beta.reshape((1, C, 1)))
+        return normalize_per_channel(xc, scale, beta)
 
     def backward(self, dY3):
         xc, invstd, scale = self.saved_tensors
@@ -120,7 +121,7 @@ def _check_across(Xs, gammas, betas, moving_means, moving_varis, is_training, mo
     for d, X in enumerate(Xs):
         # per device: types, shapes, dtypes, one context; the "2 values per channel"
         # rule applies to the whole batch, checked below
-        axes.add(_check_batch_norm_args(X, gammas[d], betas[d], False, moving_means[d], moving_varis[d],
+        axes.add(check_batch_norm_args(X, gammas[d], betas[d], False, moving_means[d], moving_varis[d],
                                         momentum, eps, axis, "fused"))
     shapes = {X.shape[1:] for X in Xs}
     if len(shapes) > 1:
@@ -163,13 +164,13 @@ def sync_batch_norm(Xs, gammas, betas, is_training, moving_means, moving_varis, 
     """
     ax = _check_across(Xs, gammas, betas, moving_means, moving_varis, is_training, momentum, eps, axis)
     if not is_training:
-        return [F.batch_norm(X, g, b, False, mm, mv, momentum=momentum, eps=eps, axis=ax)
+        return [batch_norm(X, g, b, False, mm, mv, momentum=momentum, eps=eps, axis=ax)
                 for X, g, b, mm, mv in zip(Xs, gammas, betas, moving_means, moving_varis)]
-    stat_dtype = F._STAT_DTYPE[F._dtype_name(Xs[0].dtype)]
+    stat_dtype = STAT_DTYPE[dtype_name(Xs[0].dtype)]
     in_dtype = Xs[0].dtype
     views = []
     for X in Xs:
-        X3 = X.reshape(_three_d_shape(X.shape, ax))
+        X3 = X.reshape(three_d_shape(X.shape, ax))
         views.append(X3 if X3.dtype == stat_dtype else X3.astype(stat_dtype))
     local = [_LocalMoments()(X3) for X3 in views]
     counts = [X3.shape[0] * X3.shape[2] for X3 in views]
@@ -178,7 +179,7 @@ def sync_batch_norm(Xs, gammas, betas, is_training, moving_means, moving_varis, 
     for X, X3, g, b, mm, mv in zip(Xs, views, gammas, betas, moving_means, moving_varis):
         mean_d, vari_d = mean.as_in_context(X.context), vari.as_in_context(X.context)
         Y3 = _NormalizeWithStats(float(eps))(X3, mean_d, vari_d, g, b)
-        _update_moving_stats(mm, mv, mean_d, vari_d, momentum)
+        update_moving_stats(mm, mv, mean_d, vari_d, momentum)
         Y = Y3.reshape(X.shape)
         outputs.append(Y if Y.dtype == in_dtype else Y.astype(in_dtype))
     return outputs

@@ -1,0 +1,429 @@
+"""Batch normalization: the imperative op (fused kernel or from primitives), its traced form inside
+mxbn.jit, the argument checks, and the one rule by which the moving statistics change.
+
+The per-channel arithmetic ``Y = X * scale + shift`` on a ``(pre, C, post)`` view is
+written once (:func:`normalize_per_channel`) and shared by the scratch Function,
+the inference path, the traced path and synchronized BN; further normalizations
+(layer, group, instance norm) belong in modules beside this one and reuse it.
+"""
+import atexit
+import numbers
+
+import numpy as np
+from mxnet import autograd, nd, sym
+
+from . import tracing
+from ._arrays import accepts_every_array_kind, dtype_name, dtype_of, ops_for, shape_of
+from .custom_function import Function
+
+# MXNet registers its engine shutdown with atexit when it is imported; handlers
+# run last-in first-out, so this one runs just before it.  Without draining the
+# engine first, a process whose last graph went through a custom Function
+# (the "scratch" batch_norm) can hang forever in MXNotifyShutdown's WaitForAll.
+atexit.register(nd.waitall)
+
+__all__ = ["batch_norm", "BATCH_NORM_IMPLS", "STAT_DTYPE", "check_batch_norm_args", "three_d_shape",
+           "update_moving_stats", "normalize_per_channel"]
+
+BATCH_NORM_IMPLS = ("fused", "scratch")
+
+# Parameter/statistics dtype for each input dtype: float16 activations keep
+# float32 statistics (as MXNet and cuDNN do) because a float16 sum over a
+# 128x24x24 channel overflows and loses every digit of the variance.
+STAT_DTYPE = {"float16": "float32", "float32": "float32", "float64": "float64"}
+
+
+def normalize_per_channel(X3, scale, shift):
+    """``X3 * scale + shift`` for a (pre, C, post) view and per-channel (C,) or (1, C) scale and shift.
+
+    The one place the per-channel arithmetic of every BN path is written (the
+    scratch Function's forward, inference, the traced scratch path and
+    synchronized BN): the same two broadcast ops, so the paths agree to the bit.
+    """
+    F = ops_for(X3)
+    return F.broadcast_add(F.broadcast_mul(X3, scale.reshape((1, -1, 1))), shift.reshape((1, -1, 1)))
+
+
+@accepts_every_array_kind
+def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
+               momentum=0.9, eps=1e-5, axis=1, impl="fused", check_finite=False):
+    r"""Batch normalization (Ioffe & Szegedy, 2015) over every axis except ``axis``.
+
+    ``Y = gamma * (X - mean) / sqrt(var + eps) + beta``, per channel.
+
+    Parameters
+    ----------
+    X : NDArray, float16/float32/float64, rank >= 2
+        Activations.  The channel axis is ``axis``; statistics are taken over all
+        other axes, so ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``, ``(N, C, D, H, W)``
+        and channels-last ``(N, H, W, C)`` with ``axis=-1`` all work.
+    gamma, beta : NDArray, shape ``(C,)``
+        Scale and shift.  Initialise to 1 and 0 (:func:`mxbn.init.batch_norm_params`).
+    is_training : bool
+        True: normalise with the batch statistics and update the moving statistics.
+        False: normalise with the moving statistics, which are left untouched; the
+        output for a sample then does not depend on the rest of the batch.
+    moving_mean, moving_vari : NDArray, shape ``(C,)``  -- *state, updated in place*
+        Running estimates used at inference.  Initialise to 0 and 1.  In training
+        they are updated once per call, in the forward pass, outside autograd::
+
+            moving = momentum * moving + (1 - momentum) * batch_stat
+
+        This is MXNet's (and Keras') convention: ``momentum=0.9`` keeps 90 % of the
+        old value.  PyTorch's ``momentum=0.1`` means the opposite (the weight of the
+        *new* value); convert with ``momentum_mxbn = 1 - momentum_torch``.
+        ``batch_stat`` for the variance is the **biased** batch variance (divide by
+        the number of values per channel, m), the same numbers ``mx.nd.BatchNorm``
+        leaves in its aux states on the CPU.  (PyTorch and MXNet's cuDNN path store
+        the unbiased ``m/(m-1) * var``.)  The update is never recorded by autograd
+        and does not change any gradient.
+    momentum : float in [0, 1], default 0.9
+    eps : float > 0, default 1e-5
+        Added to the variance before the square root.  Note ``mx.nd.BatchNorm``'s
+        own default is 1e-3.
+    axis : int, default 1
+        The channel axis; negative values count from the end.  Any axis is
+        accepted, as by MXNet's operator; ``axis=0`` normalizes each row over
+        all other axes (the rows are then the channels).
+    impl : {"fused", "scratch"}, default "fused"
+        How the training-mode arithmetic is done; both give the same numbers.
+        "fused" runs MXNet's fused BatchNorm kernel for the arithmetic (fed
+        scratch aux arrays, so the kernel never touches ``moving_*``) and keeps
+        mxbn's semantics around it.  "scratch" is built from primitives: the
+        statistics as contiguous GEMV reductions, one folded per-channel scale
+        and shift, and the analytic backward
+        ``dX = gamma/sigma * (dY - mean(dY) - x_hat * mean(dY * x_hat))``.
+
+    check_finite : bool, default False
+        Raise ValueError if ``X`` (or gamma, beta, the moving statistics) holds
+        NaN or infinity.  Costs a device-to-host sync, so it is off by default.
+
+    Returns
+    -------
+    Y : same kind, shape and dtype as ``X``.  Every array argument may be a
+        legacy ``NDArray`` or an ``mx.np.ndarray`` (``Y`` is then one too), or,
+        inside :func:`mxbn.jit`, a traced ``Symbol``: the state then leaves the
+        graph as an extra output that jit writes back, with the same rule.
+        A Symbol outside mxbn.jit (a hybridized Gluon block) raises TypeError:
+        use ``gluon.nn.BatchNorm`` there, or mxbn.jit.
+
+    Notes
+    -----
+    Statistics are computed in float32 for float16 input (``gamma``, ``beta`` and
+    the moving statistics must then be float32) and in the input dtype otherwise.
+    The variance is a two-pass ``mean((X - mean)^2)``, stable for data with a
+    large mean.
+
+    A training batch with a single value per channel (e.g. ``(1, C)`` or
+    ``(1, C, 1, 1)``) has no variance: MXNet silently outputs ``beta``, cuDNN
+    gives NaN, PyTorch raises.  mxbn raises ``ValueError`` and leaves the moving
+    statistics untouched; drop such a batch or use ``is_training=False``.
+
+    Raises
+    ------
+    TypeError
+        An argument is not an NDArray, or has an unsupported dtype.
+    ValueError
+        Wrong rank, shapes that do not match ``(C,)``, arrays on different
+        contexts, ``momentum`` outside [0, 1], ``eps <= 0``, unknown ``impl``,
+        or a training batch with one value per channel.
+    """
+    if any(isinstance(a, sym.Symbol) for a in (X, gamma, beta, moving_mean, moving_vari)):
+        return _batch_norm_traced(X, gamma, beta, is_training, moving_mean, moving_vari,
+                                  momentum, eps, axis, impl, check_finite)
+    ax = check_batch_norm_args(X, gamma, beta, is_training, moving_mean,
+                                moving_vari, momentum, eps, axis, impl)
+    if check_finite:
+        _check_finite(X=X, gamma=gamma, beta=beta, moving_mean=moving_mean, moving_vari=moving_vari)
+    in_dtype = X.dtype
+    stat_dtype = STAT_DTYPE[dtype_name(in_dtype)]
+    if dtype_name(in_dtype) != stat_dtype:
+        X = X.astype(stat_dtype)  # differentiable cast, so gradients flow to float16 X
+    if not is_training:
+        Y = _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax)
+    elif impl == "fused":
+        Y, mean, vari = _batch_norm_train_fused(X, gamma, beta, eps, ax)
+        update_moving_stats(moving_mean, moving_vari, mean, vari, momentum)
+    else:
+        Y, mean, vari = _batch_norm_train_scratch(X, gamma, beta, eps, ax)
+        update_moving_stats(moving_mean, moving_vari, mean, vari, momentum)
+    return Y if Y.dtype == in_dtype else Y.astype(in_dtype)
+
+
+class _Described:
+    """Shape, dtype and context of a traced Symbol, read like an NDArray's by the checks below."""
+
+    def __init__(self, symbol, op):
+        self.shape = shape_of(symbol, op)
+        self.dtype = dtype_of(symbol, op)
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape)) if self.shape else 1
+        self.context = None  # one context per jitted call, checked by jit
+
+
+def check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
+                           momentum, eps, axis, impl):
+    """Validate batch_norm's arguments; return the non-negative channel axis."""
+    arrays = {"X": X, "gamma": gamma, "beta": beta,
+              "moving_mean": moving_mean, "moving_vari": moving_vari}
+    traced = any(isinstance(value, sym.Symbol) for value in arrays.values())
+    for name, value in arrays.items():
+        if traced and not isinstance(value, sym.Symbol):
+            raise tracing.TracingError(
+                f"batch_norm: {name} is a {type(value).__name__} inside mxbn.jit while X is traced; pass every "
+                f"array as an argument of the jitted function (constants are not captured)")
+        if not traced and not isinstance(value, nd.NDArray):
+            raise TypeError(f"batch_norm: {name} must be an mxnet NDArray, got {type(value).__name__}")
+        if not traced and isinstance(value, nd.sparse.BaseSparseNDArray):
+            raise TypeError(f"batch_norm: {name} must be a dense NDArray, got storage type {value.stype!r}")
+    if traced:
+        X, gamma, beta, moving_mean, moving_vari = (
+            _Described(v, "batch_norm") for v in (X, gamma, beta, moving_mean, moving_vari))
+        arrays = {"X": X, "gamma": gamma, "beta": beta,
+                  "moving_mean": moving_mean, "moving_vari": moving_vari}
+    if not isinstance(is_training, (bool,)) and not (
+            isinstance(is_training, numbers.Integral) and is_training in (0, 1)):
+        raise TypeError(f"batch_norm: is_training must be a bool, got {is_training!r}")
+    if impl not in BATCH_NORM_IMPLS:
+        raise ValueError(f"batch_norm: impl must be one of {BATCH_NORM_IMPLS}, got {impl!r}")
+    if X.ndim < 2:
+        raise ValueError(f"batch_norm: X must have rank >= 2 (batch and channel axes), "
+                         f"got shape {X.shape}")
+    if not isinstance(axis, numbers.Integral) or not -X.ndim <= axis < X.ndim:
+        raise ValueError(f"batch_norm: axis must be an integer in [{-X.ndim}, {X.ndim - 1}] "
+                         f"for X of shape {X.shape}, got {axis!r}")
+    ax = int(axis) % X.ndim
+    x_dtype = dtype_name(X.dtype)
+    if x_dtype not in STAT_DTYPE:
+        raise TypeError(f"batch_norm: X has dtype {x_dtype}, expected float16, float32 or float64")
+    stat_dtype = STAT_DTYPE[x_dtype]
+    C = X.shape[ax]
+    for name in ("gamma", "beta", "moving_mean", "moving_vari"):
+        value = arrays[name]
+        if value.shape != (C,):
+            raise ValueError(f"batch_norm: {name} has shape {value.shape}, expected ({C},) "
+                             f"= channels of X on axis {ax} (X has shape {X.shape})")
+        if dtype_name(value.dtype) != stat_dtype:
+            raise TypeError(f"batch_norm: {name} has dtype {dtype_name(value.dtype)}, expected "
+                            f"{stat_dtype} for X of dtype {x_dtype}")
+    for name, value in arrays.items():
+        if value.context is not None and value.context != X.context:
+            raise ValueError(f"batch_norm: {name} is on {value.context} but X is on {X.context}; "
+                             f"move every array to one context (e.g. .as_in_context({X.context}))")
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"batch_norm: momentum must be a number in [0, 1] (weight of the old "
+                         f"moving value), got {momentum!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+        raise ValueError(f"batch_norm: eps must be a number > 0, got {eps!r}")
+    if is_training and X.size // C < 2:
+        raise ValueError(
+            f"batch_norm: a training batch needs at least 2 values per channel to have a "
+            f"variance; X of shape {X.shape} has 1 per channel. Drop this batch, use a larger "
+            f"one, or call with is_training=False (moving statistics were not updated)")
+    return ax
+
+
+def _check_finite(**arrays):
+    for name, value in arrays.items():
+        with autograd.pause():
+            finite = nd.contrib.isfinite(value.astype("float32"))
+            bad = value.size - int(finite.sum().asscalar())
+        if bad:
+            raise ValueError(f"batch_norm: {name} holds {bad} NaN or infinite value(s) "
+                             f"(shape {value.shape}); check the input pipeline and the learning rate")
+
+
+def three_d_shape(shape, ax):
+    """(pre, C, post): a view of X with the channel axis in the middle.
+
+    Reductions over pre and post of a C-contiguous array are then two GEMVs
+    with a ones vector, each reading memory in order.  MXNet 1.9.1's generic
+    reduction over axes (0, 2, 3) is several times slower on the CPU.
+    """
+    pre = 1
+    for n in shape[:ax]:
+        pre *= n
+    post = 1
+    for n in shape[ax + 1:]:
+        post *= n
+    return pre, shape[ax], post
+
+
+def _per_channel_sum(X3, ones_pre, ones_post):
+    """Sum of a (pre, C, post) array over pre and post -> shape (1, C)."""
+    pre, C, post = X3.shape
+    if post > 1:
+        rows = nd.dot(X3.reshape((pre * C, post)), ones_post)  # (pre*C, 1)
+        return nd.dot(ones_pre, rows.reshape((pre, C)))        # (1, C)
+    return nd.dot(ones_pre, X3.reshape((pre, C)))
+
+
+class _ScratchBatchNorm(Function):
+    """Training-mode BN from primitives with the analytic backward.
+
+    forward:  mean = sum(X)/m,  xc = X - mean,  var = sum(xc^2)/m   (two passes)
+              Y = xc * (gamma * invstd) + beta,  invstd = 1/sqrt(var + eps)
+    backward: with x_hat = xc * invstd,
+              dbeta  = sum(dY)
+              dgamma = sum(dY * x_hat) = invstd * sum(dY * xc)
+              dX     = gamma*invstd * (dY - dbeta/m - x_hat * dgamma/m)
+                     = dY*scale - xc*(scale*invstd^2*sum(dY*xc)/m) - scale*dbeta/m
+    (d mean/dX and d var/dX are folded in; d var/d mean = 0 because sum(xc) = 0.)
+    """
+
+    def __init__(self, eps):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, X3, gamma, beta):
+        pre, C, post = X3.shape
+        m = pre * post
+        ctx, dtype = X3.context, X3.dtype
+        ones_pre = nd.ones((1, pre), ctx=ctx, dtype=dtype)
+        ones_post = nd.ones((post, 1), ctx=ctx, dtype=dtype)
+        mean = _per_channel_sum(X3, ones_pre, ones_post) / m          # (1, C)
+        xc = nd.broadcast_sub(X3, mean.reshape((1, C, 1)))
+        vari = _per_channel_sum(nd.square(xc), ones_pre, ones_post) / m
+        invstd = nd.rsqrt(vari + self.eps)
+        scale = gamma.reshape((1, C)) * invstd
+        Y3 = normalize_per_channel(xc, scale, beta)
+        self.save_for_backward(xc, invstd, scale, ones_pre, ones_post)
+        self.batch_stats = (mean.reshape((C,)), vari.reshape((C,)))
+        return Y3
+
+    def backward(self, dY3):
+        xc, invstd, scale, ones_pre, ones_post = self.saved_tensors
+        pre, C, post = xc.shape
+        m = pre * post
+        need_dX, need_dgamma, need_dbeta = self.needs_input_grad
+        sum_dy = _per_channel_sum(dY3, ones_pre, ones_post)           # dbeta, (1, C)
+        sum_dy_xc = _per_channel_sum(dY3 * xc, ones_pre, ones_post)   # (1, C)
+        dX3 = None
+        if need_dX:  # e.g. not for BN on the input of a net, or on frozen features
+            k_xc = -(scale * nd.square(invstd) * sum_dy_xc / m).reshape((1, C, 1))
+            k_0 = -(scale * sum_dy / m).reshape((1, C, 1))
+            dX3 = nd.broadcast_add(
+                nd.broadcast_add(nd.broadcast_mul(dY3, scale.reshape((1, C, 1))),
+                                 nd.broadcast_mul(xc, k_xc)), k_0)
+        dgamma = (invstd * sum_dy_xc).reshape((C,)) if need_dgamma else None
+        dbeta = sum_dy.reshape((C,)) if need_dbeta else None
+        return dX3, dgamma, dbeta
+
+
+def _batch_norm_train_scratch(X, gamma, beta, eps, ax):
+    op = _ScratchBatchNorm(eps)
+    Y3 = op(X.reshape(three_d_shape(X.shape, ax)), gamma, beta)
+    mean, vari = op.batch_stats
+    op.batch_stats = None
+    return Y3.reshape(X.shape), mean, vari
+
+
+def _batch_norm_train_fused(X, gamma, beta, eps, ax):
+    """MXNet's fused kernel for the arithmetic; returns (Y, batch mean, biased var)."""
+    C = X.shape[ax]
+    # Scratch aux states: the kernel updates its aux arrays itself (on the CPU
+    # during backward, with cuDNN in forward and unbiased); giving it throwaway
+    # arrays keeps the user's moving statistics under mxbn's single rule.
+    scratch_mean = nd.zeros((C,), ctx=X.context, dtype=gamma.dtype)
+    scratch_vari = nd.ones((C,), ctx=X.context, dtype=gamma.dtype)
+    # The kernel picks batch vs. moving statistics from autograd's global
+    # train flag; pin it so the explicit is_training argument is what counts.
+    with autograd.train_mode():
+        Y, mean, invstd = nd.BatchNorm(
+            X, gamma, beta, scratch_mean, scratch_vari, eps=eps, momentum=0.0,
+            fix_gamma=False, use_global_stats=False, output_mean_var=True, axis=ax)
+    with autograd.pause():
+        # The kernel reports 1/sqrt(var + eps); invert in float64 so the
+        # biased variance keeps float32's relative precision of var + eps.
+        vari = (1.0 / nd.square(invstd.astype("float64")) - eps).astype(gamma.dtype)
+    return Y, mean, vari
+
+
+def _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax):
+    """Y = X * scale + shift with per-channel scale = gamma/sqrt(vari+eps), shift = beta - mean*scale.
+
+    Composed of ordinary ops so that autograd still differentiates w.r.t. X,
+    gamma and beta in inference mode; the moving statistics are only read.
+    """
+    F = ops_for(X)
+    shape = shape_of(X, "batch_norm")
+    pre, C, post = three_d_shape(shape, ax)
+    scale = gamma * F.rsqrt(moving_vari + eps)
+    shift = beta - moving_mean * scale
+    X3 = X.reshape((pre, C, post))
+    Y3 = normalize_per_channel(X3, scale, shift)
+    return Y3.reshape(shape)
+
+
+def _momentum_weights(momentum):
+    """(weight of the old moving value, weight of the batch statistic)."""
+    # MXNet parses scalar arguments from text and rejects double subnormals
+    # (momentum=1e-313 raised "Out of range value"); they are 0 to any precision.
+    keep = float(momentum) if momentum >= np.finfo(np.float64).tiny else 0.0
+    return keep, 1.0 - keep
+
+
+def _batch_norm_traced(X, gamma, beta, is_training, moving_mean, moving_vari, momentum, eps, axis, impl,
+                       check_finite):
+    """batch_norm inside mxbn.jit: graph nodes, and the new moving statistics handed to the trace.
+
+    Same arithmetic as the imperative paths: "fused" is MXNet's BatchNorm
+    kernel on scratch aux arrays with the variance recovered in float64,
+    "scratch" the two-pass statistics from primitives (differentiated by
+    MXNet's autograd instead of the hand-written backward, which cannot live
+    in a graph).
+    """
+    trace = tracing.current("batch_norm")
+    ax = check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari, momentum, eps, axis, impl)
+    if check_finite:
+        raise tracing.TracingError("batch_norm: check_finite=True reads the values, which a traced graph "
+                                   "cannot; check outside mxbn.jit (or after the call)")
+    in_dtype = dtype_of(X, "batch_norm")
+    stat_dtype = STAT_DTYPE[in_dtype]
+    if in_dtype != stat_dtype:
+        X = sym.cast(X, dtype=stat_dtype)
+    mean_now = trace.current_value(moving_mean, "batch_norm", "moving_mean")
+    vari_now = trace.current_value(moving_vari, "batch_norm", "moving_vari")
+    if not is_training:
+        Y = _batch_norm_inference(X, gamma, beta, mean_now, vari_now, eps, ax)
+    else:
+        train = _batch_norm_train_fused_traced if impl == "fused" else _batch_norm_train_scratch_traced
+        Y, mean, vari = train(trace, X, gamma, beta, eps, ax, stat_dtype)
+        keep, take = _momentum_weights(momentum)
+        trace.set_state(moving_mean, sym.BlockGrad(keep * mean_now + take * sym.BlockGrad(mean)),
+                        "batch_norm", "moving_mean")
+        trace.set_state(moving_vari, sym.BlockGrad(keep * vari_now + take * sym.BlockGrad(vari)),
+                        "batch_norm", "moving_vari")
+    return Y if in_dtype == stat_dtype else sym.cast(Y, dtype=in_dtype)
+
+
+def _batch_norm_train_fused_traced(trace, X, gamma, beta, eps, ax, stat_dtype):
+    C = shape_of(X, "batch_norm")[ax]
+    scratch_mean = trace.scratch_var("bn_mean", (C,), stat_dtype, 0.0)
+    scratch_vari = trace.scratch_var("bn_vari", (C,), stat_dtype, 1.0)
+    trace.needs_train_mode = True  # the kernel takes batch statistics only under autograd's train flag
+    out = sym.BatchNorm(X, gamma, beta, scratch_mean, scratch_vari, eps=eps, momentum=0.0, fix_gamma=False,
+                        use_global_stats=False, output_mean_var=True, axis=ax)
+    # 1/invstd^2 - eps in float64, as the imperative path does
+    vari = sym.cast(1.0 / sym.square(sym.cast(out[2], dtype="float64")) - eps, dtype=stat_dtype)
+    return out[0], out[1], vari
+
+
+def _batch_norm_train_scratch_traced(trace, X, gamma, beta, eps, ax, stat_dtype):
+    shape = shape_of(X, "batch_norm")
+    pre, C, post = three_d_shape(shape, ax)
+    X3 = X.reshape((pre, C, post))
+    mean = sym.mean(X3, axis=(0, 2))
+    xc = sym.broadcast_sub(X3, mean.reshape((1, C, 1)))
+    vari = sym.mean(sym.square(xc), axis=(0, 2))           # two passes, biased
+    scale = gamma * sym.rsqrt(vari + eps)
+    Y3 = normalize_per_channel(xc, scale, beta)
+    return Y3.reshape(shape), mean, vari
+
+
+def update_moving_stats(moving_mean, moving_vari, mean, vari, momentum):
+    """moving = momentum*moving + (1-momentum)*batch, in place, outside the graph."""
+    keep, take = _momentum_weights(momentum)
+    with autograd.pause():
+        moving_mean[:] = keep * moving_mean + take * mean.detach()
+        moving_vari[:] = keep * moving_vari + take * vari.detach()

@@ -1,0 +1,112 @@
+"""The restructured house: one training step, cached derived graphs, jit's cache warning and trace lock,
+batch norm in its own module."""
+import threading
+import warnings
+
+import numpy as np
+import mxnet as mx
+from mxnet import nd
+
+import mxbn
+from mxbn import models
+from mxbn.jit import CACHE_WARN_SIZE, Jitted, jit
+from mxbn.optim import SGD
+from mxbn.train import TrainStep, evaluate, loss_and_correct, predict
+
+
+def _lenet_batch(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return nd.array(rng.random((n, 1, 28, 28))), nd.array(rng.integers(0, 10, n))
+
+
+def test_batch_norm_lives_in_its_module_and_keeps_its_old_names():
+    import importlib
+    import mxbn.functional
+    # the package attribute mxbn.batch_norm is the function; the module is importable by its name
+    bn_module = importlib.import_module("mxbn.batch_norm")
+    assert mxbn.batch_norm is bn_module.batch_norm is mxbn.functional.batch_norm
+    assert mxbn.BATCH_NORM_IMPLS == bn_module.BATCH_NORM_IMPLS
+
+
+def test_train_step_is_one_sgd_step_on_the_loss():
+    """TrainStep's update equals p - lr * grad computed separately (float32, same ops)."""
+    params, state = models.lenet_params(mx.cpu(), seed=0)
+    before = {k: v.copy() for k, v in params.items()}
+    X, y = _lenet_batch()
+    reference = {k: v.copy() for k, v in params.items()}
+    ref_state = {k: v.copy() for k, v in state.items()}
+    for p in reference.values():
+        p.attach_grad()
+    with mx.autograd.record():
+        ref_loss, _ = loss_and_correct(models.lenet, True)(reference, ref_state, X, y)
+    ref_loss.backward()
+    step = TrainStep(loss_and_correct(models.lenet, True), params, state, SGD(lr=0.1), SGD(lr=0.1).init(params))
+    loss, correct = step(X, y)
+    assert float(loss.asscalar()) == float(ref_loss.asscalar())
+    assert 0 <= float(correct.asscalar()) <= 16
+    for k in params:
+        expected = before[k].asnumpy() - np.float32(0.1) * reference[k].grad.asnumpy()
+        np.testing.assert_allclose(params[k].asnumpy(), expected, rtol=1e-6, atol=1e-7)
+    for k in state:
+        np.testing.assert_array_equal(state[k].asnumpy(), ref_state[k].asnumpy())
+
+
+def test_train_step_takes_a_bare_loss():
+    params, state = models.mlp_params(mx.cpu(), (4, 3, 1), seed=0)
+    X, y = nd.array(np.ones((5, 4))), nd.array(np.zeros(5))
+    step = TrainStep(lambda p, s, X, y: (models.mlp(p, s, X, True).reshape((-1,)) - y).square().mean(),
+                     params, state, SGD(lr=0.1), SGD(lr=0.1).init(params))
+    loss, aux = step(X, y)
+    assert aux is None and loss.shape == (1,)
+
+
+def test_evaluate_and_predict_reuse_the_nets_graphs():
+    net = jit(models.lenet)
+    params, state = models.lenet_params(mx.cpu(), seed=0)
+    X, y = _lenet_batch(32)
+    first = evaluate(net, params, state, X, y, 16)
+    derived = dict(net.derived)
+    sizes = {k: v.cache_size for k, v in derived.items()}
+    assert evaluate(net, params, state, X, y, 16) == first
+    predict(net, params, state, X, 16)
+    predict(net, params, state, X, 16)
+    assert all(net.derived[k] is v for k, v in derived.items())
+    assert {k: net.derived[k].cache_size for k in sizes} == sizes
+    assert set(net.derived) == {("loss_and_correct", False), ("classify",)}
+    assert net.derived[("classify",)].cache_size == 1
+
+
+def test_a_growing_cache_warns_once():
+    scale = jit(lambda X, factor: X * factor)
+    X = nd.ones((2,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(CACHE_WARN_SIZE + 5):
+            scale(X, float(i))
+    growing = [w for w in caught if "has traced" in str(w.message)]
+    assert len(growing) == 1 and issubclass(growing[0].category, RuntimeWarning)
+    assert "mx.nd.array" in str(growing[0].message)
+    assert scale.cache_size == CACHE_WARN_SIZE + 5
+
+
+def test_traces_in_two_threads_do_not_break_each_other():
+    """Symbol.shape is patched process-wide during a trace: two threads tracing at once must both succeed."""
+    errors, results = [], {}
+
+    def run(name, n):
+        try:
+            f = Jitted(lambda X: mxbn.relu(X) * X.shape[0])
+            for k in range(5):
+                results[(name, k)] = f(nd.ones((n + k, 3))).asnumpy()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=run, args=(name, n)) for name, n in (("a", 2), ("b", 7))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for (name, k), value in results.items():
+        n = (2 if name == "a" else 7) + k
+        np.testing.assert_array_equal(value, np.full((n, 3), float(n)))
