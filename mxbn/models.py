@@ -8,7 +8,8 @@ no hidden state.  Names: ``conv1_weight``, ``bn1_gamma``, ``bn1_moving_mean``, .
 from . import functional as F
 from . import init as I
 
-__all__ = ["lenet_params", "lenet", "lenet_layers", "lenet_conv", "lenet_pool", "lenet_head", "LENET_BLOCKS", "mlp_params",
+__all__ = ["lenet_params", "lenet", "lenet_layers", "lenet_conv", "lenet_pool", "lenet_head", "LENET_BLOCKS",
+           "mlp_params",
            "mlp", "mlp_layers", "ACTIVATIONS", "min_train_batch_size", "uses_batch_norm"]
 
 ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "tanh": F.tanh}

@@ -12,7 +12,8 @@ from matplotlib.ticker import MaxNLocator
 
 from .atomic import atomic_path
 
-__all__ = ["plot_history", "plot_confusion", "plot_predictions", "plot_bn_trace", "plot_band", "plot_range", "save_figure",
+__all__ = ["plot_history", "plot_confusion", "plot_predictions", "plot_bn_trace", "plot_band", "plot_range",
+           "save_figure",
            "subplots"]
 
 

@@ -1,4 +1,6 @@
-"""Classify image files with a trained LeNet checkpoint (the logic of ``scripts/predict.py``).
+"""Inference with a trained LeNet: its checkpoint recipe, its forward function, and the
+classification of image files (the logic of ``scripts/predict.py``).  Below the training job:
+``mxbn.run`` imports this module, never the other way round.
 
 The LeNet sees what it was trained on: one 28x28 grayscale channel scaled to
 [0, 1].  Other images are converted (colour to grayscale, any size resized to
@@ -6,6 +8,7 @@ The LeNet sees what it was trained on: one 28x28 grayscale channel scaled to
 not a readable image gets an error of its own; the other files are still
 classified.
 """
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -13,10 +16,31 @@ import numpy as np
 
 from .context import resolve_context
 from .data import DATASETS, IMAGE_SIZE, images_to_device
-from .run import load_lenet_checkpoint, make_net
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint
+from .config import TrainConfig
+from .jit import jit
+from .models import lenet, lenet_params
 from .train import predict
 
-__all__ = ["ImageError", "Prediction", "load_image", "classify_images"]
+__all__ = ["ImageError", "Prediction", "load_image", "classify_images", "load_lenet_checkpoint", "make_net"]
+
+
+def make_net(config):
+    """The LeNet forward function for ``config``: one static graph (mxbn.jit) or the functional ops one by one."""
+    net = functools.partial(lenet, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
+    return jit(net) if config.graph == "static" else net
+
+
+def load_lenet_checkpoint(path, ctx):
+    """(checkpoint, its TrainConfig) of a LeNet checkpoint, checked against the architecture it names."""
+    ckpt = load_checkpoint(path, ctx)
+    config = TrainConfig.from_dict(ckpt["meta"]["config"])
+    if ckpt["meta"].get("model") != "lenet":
+        raise CheckpointError(f"{path}: holds a {ckpt['meta'].get('model')!r} model, expected 'lenet'")
+    expected_params, expected_state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=0)
+    check_compatible(path, expected_params, ckpt["params"], "parameters")
+    check_compatible(path, expected_state, ckpt["state"], "batch-norm statistics")
+    return ckpt, config
 
 
 class ImageError(ValueError):

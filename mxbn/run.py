@@ -19,16 +19,16 @@ from . import __version__, _runtime
 from .atomic import atomic_write_json, atomic_write_text
 from .bn_trace import BNTrace, merge as merge_traces
 from .augment import random_flip_shift
-from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .context import resolve_context, resolve_contexts
 from .data import DATASETS, load_dataset, to_device
-from .jit import jit
-from .models import LENET_BLOCKS, lenet, lenet_params, min_train_batch_size
+from .models import LENET_BLOCKS, lenet_params, min_train_batch_size
 from .optim import make_optimizer
 from .parallel import (LENET_STAGES, DataParallelStep, create_kvstore, fingerprint, is_distributed,
                        jitted_lenet_stages, lenet_across_devices,
                        per_device, shard)
+from .predict import load_lenet_checkpoint, make_net
 from .plot import plot_bn_trace, plot_confusion, plot_history, plot_predictions
 from .seeding import seed_everything
 from .train import confusion_matrix, evaluate, fit, predict
@@ -198,12 +198,6 @@ def _build(config, ctx, log, rank=0, workers=1):
     return dataset, train, test, params, state, optimizer, schedule
 
 
-def make_net(config):
-    """The LeNet forward function for ``config``: one static graph (mxbn.jit) or the functional ops one by one."""
-    net = functools.partial(lenet, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
-    return jit(net) if config.graph == "static" else net
-
-
 class _StopFlag:
     """Turns SIGINT/SIGTERM into a flag the training loop polls after each batch."""
 
@@ -364,18 +358,6 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
 
 def _prefixed(log, prefix):
     return lambda message: log(prefix + message)
-
-
-def load_lenet_checkpoint(path, ctx):
-    """(checkpoint, its TrainConfig) of a LeNet checkpoint, checked against the architecture it names."""
-    ckpt = load_checkpoint(path, ctx)
-    config = TrainConfig.from_dict(ckpt["meta"]["config"])
-    if ckpt["meta"].get("model") != "lenet":
-        raise CheckpointError(f"{path}: holds a {ckpt['meta'].get('model')!r} model, expected 'lenet'")
-    expected_params, expected_state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=0)
-    check_compatible(path, expected_params, ckpt["params"], "parameters")
-    check_compatible(path, expected_state, ckpt["state"], "batch-norm statistics")
-    return ckpt, config
 
 
 def eval_checkpoint(path, ctx_spec="gpu", data_dir=None, log=print):

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-import mxbn
+import mxbn  # noqa: F401  (prepares numpy and threads before mxnet loads)
 import mxnet as mx
 from mxbn import init
 

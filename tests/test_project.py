@@ -51,3 +51,12 @@ def test_requirements_pin_every_numpy_neighbour_per_python():
         markers = re.findall(rf"^{name}[=<>!][^;\n]*; (python_version [^#\n]+?)\s*(?:#|$)", reqs, re.M)
         assert markers == ['python_version < "3.12"', 'python_version == "3.12"', 'python_version >= "3.13"'], \
             (name, markers)
+
+
+def test_the_code_passes_the_projects_linter():
+    """ruff with ruff.toml (pycodestyle + pyflakes, 120 columns) over the library, the scripts and the tests."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "mxbn", "scripts", "tests"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr

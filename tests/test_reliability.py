@@ -56,7 +56,7 @@ def nan_at(epoch_batch_pairs, monkeypatch):
             if (epoch + 1, batch + 1) in epoch_batch_pairs:
                 out = out * float("nan")
         return out
-    monkeypatch.setattr("mxbn.run.lenet", poisoned)
+    monkeypatch.setattr("mxbn.predict.lenet", poisoned)  # make_net builds the trainer's net there
 
 
 def test_divergence_names_epoch_and_batch_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):

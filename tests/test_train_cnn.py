@@ -54,7 +54,8 @@ def test_same_seed_same_numbers(tiny_data, tmp_path):
     a = train_cnn(config(tiny_data, epochs=2), str(tmp_path / "a"), log=quiet, progress=False)
     b = train_cnn(config(tiny_data, epochs=2), str(tmp_path / "b"), log=quiet, progress=False)
     for ha, hb in zip(a["history"], b["history"]):
-        assert (ha["train_loss"], ha["test_acc"], ha["test_loss"]) == (hb["train_loss"], hb["test_acc"], hb["test_loss"])
+        assert ((ha["train_loss"], ha["test_acc"], ha["test_loss"])
+                == (hb["train_loss"], hb["test_acc"], hb["test_loss"]))
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(optimizer="adam", lr=0.01, lr_schedule="cosine", warmup_epochs=1,

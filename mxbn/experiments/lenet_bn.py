@@ -22,7 +22,8 @@ LRS = (0.2, 0.5, 1.0, 2.0)
 # "clearly higher": more than the ~1 % epoch-to-epoch noise of this net at lr 0.2
 CLEAR_MARGIN = 0.02
 # What the tutorial printed (2017 edition, Fashion-MNIST, 5 epochs, lr 0.2)
-TUTORIAL_ACCURACY = "test accuracy after 5 epochs 0.879 with its scratch BN, 0.900 with Gluon's BatchNorm (Fashion-MNIST)"
+TUTORIAL_ACCURACY = ("test accuracy after 5 epochs 0.879 with its scratch BN, 0.900 with Gluon's BatchNorm "
+                     "(Fashion-MNIST)")
 
 
 def _key(use_bn, lr):

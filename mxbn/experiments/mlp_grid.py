@@ -29,8 +29,8 @@ BN_REACHES = 0.8  # the study's "~80-93 %"
 
 
 def settings():
-    for (w, scale), (l, lr), act in itertools.product(SCALES.items(), LRS.items(), ACTIVATIONS):
-        yield f"{w} weights, {l}, {act}", scale, lr, act
+    for (w, scale), (lr_name, lr), act in itertools.product(SCALES.items(), LRS.items(), ACTIVATIONS):
+        yield f"{w} weights, {lr_name}, {act}", scale, lr, act
 
 
 def _key(name, use_bn):

@@ -82,7 +82,8 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
             + ", ".join(f"{n} {spread.fmt(v)}" for n, v in final.items())
             + f"; below SGD by the spread rule: {', '.join(faster) or 'none'}",
             partly=bool(faster) or any(spread.larger_in_every_seed(final["sgd"], final[n])
-                                       for n in ("momentum", "adagrad", "adam")), dataset=dataset, tutorial="figure: SGD's loss curve above the others (MNIST)"))
+                                       for n in ("momentum", "adagrad", "adam")), dataset=dataset,
+                                   tutorial="figure: SGD's loss curve above the others (MNIST)"))
         final_losses[dataset] = {n: spread.summary(v) for n, v in final.items()}
         loss_curves[dataset] = {n: [c.tolist() for c in cs] for n, cs in curves.items()}
     metrics = dict(description=__doc__.split('\n', 1)[1].strip(), experiment="optimizers", title=TITLE,
