@@ -228,14 +228,15 @@ def _time_steps(step, batches, steps, warmup):
 def _time_data_parallel(ctx, variant, batches, lr, steps, warmup):
     """mxbn-static per device (BN per slice) or the synchronized-BN LeNet, on two devices of ctx's kind."""
     from .optim import SGD
-    from .parallel import DataParallelStep, create_kvstore, jitted_lenet_stages, lenet_across_devices, per_device
+    from .models import LENET_STAGE_NORMS, LENET_STAGES
+    from .parallel import DataParallelStep, across_devices, create_kvstore, jitted_stages, per_device
     make = mx.gpu if ctx.device_type == "gpu" else mx.cpu
     if ctx.device_type == "gpu" and mx.context.num_gpus() < 2:
         raise RuntimeError("needs two GPUs")
     params, state = lenet_params(make(0), seed=0)
     opt = SGD(lr=lr)
     synced = variant == "mxbn-sync-2dev"
-    forward = (functools.partial(lenet_across_devices, stages=jitted_lenet_stages()) if synced
+    forward = (functools.partial(across_devices, jitted_stages(LENET_STAGES), LENET_STAGE_NORMS) if synced
                else per_device(jit(lenet)))
     dp = DataParallelStep(forward, [make(0), make(1)], params, state, opt, opt.init(params),
                           create_kvstore("device"), stats_synchronized=synced)

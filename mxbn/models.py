@@ -9,7 +9,7 @@ from . import functional as F
 from . import init as I
 
 __all__ = ["lenet_params", "lenet", "lenet_layers", "lenet_conv", "lenet_pool", "lenet_head", "LENET_BLOCKS",
-           "mlp_params",
+           "LENET_STAGES", "LENET_STAGE_NORMS", "mlp_params",
            "mlp", "mlp_layers", "ACTIVATIONS", "min_train_batch_size", "uses_batch_norm"]
 
 ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "tanh": F.tanh}
@@ -81,6 +81,29 @@ def lenet_head(params, H):
     """Dense 128 -> ReLU -> dense 10: the logits."""
     H = F.relu(F.dense(H, params["fc1_weight"], params["fc1_bias"]))
     return F.dense(H, params["fc2_weight"], params["fc2_bias"])
+
+
+def _lenet_input_stage(params, X):
+    """Input -> block 1's convolution (before its batch norm)."""
+    return lenet_conv(params, 1, X)
+
+
+def _lenet_middle_stage(params, H):
+    """Block 1's ReLU and pooling -> block 2's convolution."""
+    return lenet_conv(params, 2, lenet_pool(H))
+
+
+def _lenet_output_stage(params, H):
+    """The last block's ReLU and pooling -> logits."""
+    return lenet_head(params, lenet_pool(H))
+
+
+# LeNet as the stages between its batch norms, for a data-parallel forward that
+# synchronizes each BN across devices (mxbn.parallel.across_devices): stage k's
+# output goes through the batch norm named LENET_STAGE_NORMS[k] (when the net has
+# it) before stage k + 1.  The same layers as ``lenet``.
+LENET_STAGES = (_lenet_input_stage, _lenet_middle_stage, _lenet_output_stage)
+LENET_STAGE_NORMS = tuple(f"bn{i}" for i in LENET_BLOCKS)
 
 
 def lenet_layers(params, state, X, is_training, bn_impl="fused", bn_momentum=0.9):

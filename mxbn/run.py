@@ -23,11 +23,10 @@ from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .context import resolve_context, resolve_contexts
 from .data import DATASETS, load_dataset, to_device
-from .models import LENET_BLOCKS, lenet_params, min_train_batch_size
+from .models import LENET_BLOCKS, LENET_STAGE_NORMS, LENET_STAGES, lenet_params, min_train_batch_size
 from .optim import make_optimizer
-from .parallel import (LENET_STAGES, DataParallelStep, create_kvstore, fingerprint, is_distributed,
-                       jitted_lenet_stages, lenet_across_devices,
-                       per_device, shard)
+from .parallel import (DataParallelStep, across_devices, create_kvstore, fingerprint, is_distributed,
+                       jitted_stages, per_device, shard)
 from .predict import load_lenet_checkpoint, make_net
 from .plot import plot_bn_trace, plot_confusion, plot_history, plot_predictions
 from .seeding import seed_everything
@@ -312,8 +311,8 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
     net = make_net(config)
     step = None
     if kv is not None:
-        stages = jitted_lenet_stages() if config.graph == "static" else LENET_STAGES
-        forward = (functools.partial(lenet_across_devices, bn_momentum=config.bn_momentum, stages=stages)
+        stages = jitted_stages(LENET_STAGES) if config.graph == "static" else LENET_STAGES
+        forward = (functools.partial(across_devices, stages, LENET_STAGE_NORMS, bn_momentum=config.bn_momentum)
                    if config.bn_sync else per_device(net))
         step = DataParallelStep(forward, contexts, params, state, optimizer, opt_state, kv,
                                 stats_synchronized=config.bn_sync)

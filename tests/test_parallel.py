@@ -23,10 +23,9 @@ from mxnet import autograd, nd
 import mxbn
 from mxbn.config import ConfigError, TrainConfig
 from mxbn.context import ContextError, parse_contexts, resolve_contexts
-from mxbn.models import lenet, lenet_params
+from mxbn.models import LENET_STAGE_NORMS, LENET_STAGES, lenet, lenet_params
 from mxbn.optim import make_optimizer
-from mxbn.parallel import (DataParallelStep, KVStoreError, create_kvstore, fingerprint, jitted_lenet_stages,
-                           lenet_across_devices,
+from mxbn.parallel import (DataParallelStep, KVStoreError, across_devices, create_kvstore, fingerprint, jitted_stages,
                            per_device, shard, split_sizes, sync_batch_norm)
 from mxbn.run import train_cnn
 from mxbn.train import SingleDeviceStep, TrainingDiverged, TrainingInterrupted, fit
@@ -203,8 +202,8 @@ def _lenet_and_step(kind, optimizer, contexts=TWO):
     if kind == "single":
         step = SingleDeviceStep(functools.partial(lenet, bn_impl="scratch"), params, state, optimizer, opt_state)
     else:
-        forward = {"sync": lenet_across_devices,
-                   "sync-jit": functools.partial(lenet_across_devices, stages=jitted_lenet_stages()),
+        forward = {"sync": functools.partial(across_devices, LENET_STAGES, LENET_STAGE_NORMS),
+                   "sync-jit": functools.partial(across_devices, jitted_stages(LENET_STAGES), LENET_STAGE_NORMS),
                    "plain": per_device(mxbn.jit(lenet))}[kind]
         step = DataParallelStep(forward, contexts, params, state, optimizer, opt_state, create_kvstore("device"),
                                 stats_synchronized=kind.startswith("sync"))

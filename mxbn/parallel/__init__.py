@@ -4,12 +4,11 @@
 * :class:`DataParallelStep` -- the step ``mxbn.train.fit`` runs on several devices/workers;
 * :func:`create_kvstore`, :func:`shard` -- MXNet's kvstore and each worker's share of the data.
 """
-from .data_parallel import (LENET_STAGES, DataParallelStep, fingerprint, jitted_lenet_stages, lenet_across_devices,
-                            per_device, replicate, split_sizes)
+from .data_parallel import (DataParallelStep, across_devices, fingerprint, jitted_stages, per_device, replicate,
+                            split_sizes)
 from .kvstore import DIST_ENV, KVSTORE_TYPES, KVStoreError, create_kvstore, is_distributed, shard
 from .sync_batch_norm import sync_batch_norm
 
-__all__ = ["sync_batch_norm", "DataParallelStep", "fingerprint", "lenet_across_devices", "LENET_STAGES",
-           "jitted_lenet_stages", "per_device", "replicate",
-           "split_sizes", "create_kvstore", "is_distributed", "shard", "KVSTORE_TYPES", "DIST_ENV",
+__all__ = ["sync_batch_norm", "DataParallelStep", "fingerprint", "across_devices", "jitted_stages", "per_device",
+           "replicate", "split_sizes", "create_kvstore", "is_distributed", "shard", "KVSTORE_TYPES", "DIST_ENV",
            "KVStoreError"]

@@ -20,13 +20,12 @@ from mxnet import autograd, nd
 
 from .. import functional as F
 from ..jit import jit
-from ..models import LENET_BLOCKS, lenet_conv, lenet_head, lenet_pool
 from ..train import attach_gradients, gradients_of
 from .kvstore import is_distributed
 from .sync_batch_norm import sync_batch_norm
 
-__all__ = ["DataParallelStep", "replicate", "split_sizes", "per_device", "lenet_across_devices", "LENET_STAGES",
-           "jitted_lenet_stages", "fingerprint"]
+__all__ = ["DataParallelStep", "replicate", "split_sizes", "per_device", "across_devices", "jitted_stages",
+           "fingerprint"]
 
 
 def fingerprint(arrays):
@@ -66,48 +65,30 @@ def per_device(net):
     return forward
 
 
-def _first_stage(params, X):
-    """Input -> block 1's convolution (before its batch norm)."""
-    return lenet_conv(params, LENET_BLOCKS[0], X)
+def jitted_stages(stages):
+    """Each stage as one static graph per device (mxbn.jit; a new cache per call)."""
+    return tuple(jit(stage) for stage in stages)
 
 
-def _middle_stage(params, H, i):
-    """Block i-1's ReLU and pooling -> block i's convolution."""
-    return lenet_conv(params, i, lenet_pool(H))
+def across_devices(stages, norms, replica_params, replica_states, Xs, is_training, bn_momentum=0.9):
+    """A net given as ``stages`` with batch norms between them, over slices on several devices,
+    each batch norm synchronized across them (the model declares its stages, e.g.
+    ``models.LENET_STAGES`` and ``models.LENET_STAGE_NORMS``).
 
-
-def _last_stage(params, H):
-    """The last block's ReLU and pooling -> logits."""
-    return lenet_head(params, lenet_pool(H))
-
-
-# The stages of LeNet between its batch norms, run op by op ...
-LENET_STAGES = (_first_stage, _middle_stage, _last_stage)
-
-
-def jitted_lenet_stages():
-    """... or each as one static graph per device (mxbn.jit; a new cache per call)."""
-    return tuple(jit(stage) for stage in LENET_STAGES)
-
-
-def lenet_across_devices(replica_params, replica_states, Xs, is_training, bn_momentum=0.9, stages=LENET_STAGES):
-    """``models.lenet`` over slices on several devices, batch norm synchronized across them.
-
-    The stages between the batch norms run on every device (``stages``: the
-    plain functions or :func:`jitted_lenet_stages`); each synchronized batch
-    norm exchanges statistics between them.
+    Every stage ``(params, H) -> H`` runs on every device (plain, or :func:`jitted_stages`);
+    after stage k the batch norm with parameter prefix ``norms[k]``, if the net has it,
+    exchanges statistics between the devices.  Returns the last stage's outputs per device.
     """
-    first, middle, last = stages
-    Hs = [first(p, X) for p, X in zip(replica_params, Xs)]
-    for n, i in enumerate(LENET_BLOCKS):
-        if n > 0:
-            Hs = [middle(p, H, i) for p, H in zip(replica_params, Hs)]
-        if f"bn{i}_gamma" in replica_params[0]:
-            Hs = sync_batch_norm(Hs, [p[f"bn{i}_gamma"] for p in replica_params],
-                                 [p[f"bn{i}_beta"] for p in replica_params], is_training,
-                                 [s[f"bn{i}_moving_mean"] for s in replica_states],
-                                 [s[f"bn{i}_moving_vari"] for s in replica_states], momentum=bn_momentum)
-    return [last(p, H) for p, H in zip(replica_params, Hs)]
+    Hs = Xs
+    for k, stage in enumerate(stages):
+        Hs = [stage(p, H) for p, H in zip(replica_params, Hs)]
+        if k < len(norms) and f"{norms[k]}_gamma" in replica_params[0]:
+            prefix = norms[k]
+            Hs = sync_batch_norm(Hs, [p[f"{prefix}_gamma"] for p in replica_params],
+                                 [p[f"{prefix}_beta"] for p in replica_params], is_training,
+                                 [s[f"{prefix}_moving_mean"] for s in replica_states],
+                                 [s[f"{prefix}_moving_vari"] for s in replica_states], momentum=bn_momentum)
+    return Hs
 
 
 class DataParallelStep:
@@ -117,7 +98,7 @@ class DataParallelStep:
     Parameters
     ----------
     forward : callable(replica_params, replica_states, Xs, is_training) -> list of logits,
-        e.g. ``per_device(net)`` or ``lenet_across_devices``
+        e.g. ``per_device(net)`` or ``functools.partial(across_devices, stages, norms)``
     contexts : list of mx.Context -- the devices of this process
     params, state, opt_state : replica 0 (on ``contexts[0]``); copies are made for the others.
         Parameters and BN state start from worker 0's values (broadcast through the kvstore).
