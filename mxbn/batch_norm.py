@@ -13,6 +13,7 @@ import numpy as np
 from mxnet import autograd, nd, sym
 
 from . import tracing
+from ._checks import is_real
 from ._arrays import accepts_every_array_kind, dtype_name, dtype_of, ops_for, shape_of
 from .custom_function import Function
 
@@ -210,10 +211,10 @@ def check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
         if value.context is not None and value.context != X.context:
             raise ValueError(f"batch_norm: {name} is on {value.context} but X is on {X.context}; "
                              f"move every array to one context (e.g. .as_in_context({X.context}))")
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
+    if not is_real(momentum) or not 0.0 <= momentum <= 1.0:
         raise ValueError(f"batch_norm: momentum must be a number in [0, 1] (weight of the old "
                          f"moving value), got {momentum!r}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+    if not is_real(eps) or not eps > 0:
         raise ValueError(f"batch_norm: eps must be a number > 0, got {eps!r}")
     if is_training and X.size // C < 2:
         raise ValueError(

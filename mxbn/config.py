@@ -1,9 +1,9 @@
 """The trainer's typed configuration. Defaults reproduce the MXNet "batch norm from scratch" tutorial."""
 import math
-import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Optional, Tuple
 
+from . import _checks as checks
 from .context import ContextError, parse_contexts
 from .data import DATASETS
 from .batch_norm import BATCH_NORM_IMPLS
@@ -138,22 +138,16 @@ def _one_of(name, value, allowed):
 
 
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    checks.positive_int(name, value, ConfigError)
 
 
 def _non_negative_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+    checks.non_negative_int(name, value, ConfigError)
 
 
 def _positive_float(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < math.inf):
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    checks.finite_positive(name, value, ConfigError)
 
 
 def _in_range(name, value, lo, hi, hi_open=False):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and lo <= value and (
-        value < hi if hi_open else value <= hi)
-    if not ok:
-        raise ConfigError(f"{name} must be in [{lo}, {hi}{')' if hi_open else ']'}, got {value!r}")
+    checks.in_range(name, value, lo, hi, hi_open, ConfigError)

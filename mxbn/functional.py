@@ -11,6 +11,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import nd, sym
 
+from ._checks import is_integer, is_real
 from ._arrays import accepts_every_array_kind, dtype_of, ops_for, shape_of
 from .batch_norm import BATCH_NORM_IMPLS, batch_norm
 
@@ -153,7 +154,7 @@ def dropout(X, p, is_training):
     Randomness comes from MXNet's generator (seed it with ``mx.random.seed`` or
     :func:`mxbn.seeding.seed_everything`).
     """
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+    if not is_real(p) or not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must be a number in [0, 1), got {p!r}")
     _check_array(X, "dropout")
     if not is_training or p == 0.0:
@@ -191,12 +192,12 @@ def percentiles(X, qs, axis=None):
     length len(qs) in the result (e.g. per unit of an (N, units) batch: (len(qs), units)).
     """
     shape = _check_array(X, "percentiles")
-    if not qs or any(isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= q <= 100 for q in qs):
+    if not qs or any(not is_real(q) or not 0 <= q <= 100 for q in qs):
         raise ValueError(f"percentiles: qs must be numbers in [0, 100], got {qs!r}")
     if axis is None:
         X, axis, n = X.reshape((int(np.prod(shape)),)), 0, int(np.prod(shape))
     else:
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not -len(shape) <= axis < len(shape):
+        if not is_integer(axis) or not -len(shape) <= axis < len(shape):
             raise ValueError(f"percentiles: axis must be None or an int in [-{len(shape)}, {len(shape)}) for "
                              f"shape {shape}, got {axis!r}")
         axis = int(axis) % len(shape)

@@ -15,6 +15,8 @@ import numbers
 import numpy as np
 from mxnet import nd
 
+from ._checks import is_real
+
 __all__ = ["as_rng", "fan_in", "normal", "xavier", "he", "zeros", "batch_norm_params",
            "weight", "INIT_NAMES"]
 
@@ -42,7 +44,7 @@ def _from_numpy(values, ctx, dtype):
 
 def normal(shape, scale, ctx, rng, dtype="float32"):
     """Gaussian N(0, scale^2) of the given shape (the tutorial's ``scale=0.01``)."""
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale >= 0:
+    if not is_real(scale) or not scale >= 0:
         raise ValueError(f"normal: scale must be a number >= 0, got {scale!r}")
     return _from_numpy(as_rng(rng).normal(0.0, float(scale), size=tuple(shape)), ctx, dtype)
 

@@ -25,10 +25,11 @@ per parameter.  AdaGrad has no dense fused kernel in MXNet 1.9, and its
 written out with the coefficients taken in double precision.
 """
 import math
-import numbers
 from dataclasses import dataclass
 
 from mxnet import nd
+
+from ._checks import finite_non_negative, finite_positive, is_real
 
 __all__ = ["SGD", "Momentum", "AdaGrad", "Adam", "OPTIMIZERS", "make_optimizer"]
 
@@ -36,19 +37,13 @@ __all__ = ["SGD", "Momentum", "AdaGrad", "Adam", "OPTIMIZERS", "make_optimizer"]
 _EPS = 1e-7
 
 
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
 def _check_unit_interval(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+    if not is_real(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
 
 
 def _check_weight_decay(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or not math.isfinite(value):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {value!r}")
+    finite_non_negative("weight_decay", value)
 
 
 def _zeros_like_all(params):
@@ -72,8 +67,7 @@ class _Optimizer:
         if lr is None:
             return float(self.lr)
         # 0 is a valid scheduled value (the first step of a linear warm-up).
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr >= 0 or not math.isfinite(lr):
-            raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+        finite_non_negative("lr", lr)
         return float(lr)
 
     def update(self, params, grads, state, lr=None):
@@ -93,7 +87,7 @@ class SGD(_Optimizer):
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        _check_positive("lr", self.lr)
+        finite_positive("lr", self.lr)
         _check_weight_decay(self.weight_decay)
 
     def _step(self, name, p, g, state, lr):
@@ -109,7 +103,7 @@ class Momentum(_Optimizer):
     slot_names = ("v",)
 
     def __post_init__(self):
-        _check_positive("lr", self.lr)
+        finite_positive("lr", self.lr)
         _check_unit_interval("momentum", self.momentum)
         _check_weight_decay(self.weight_decay)
 
@@ -126,7 +120,7 @@ class AdaGrad(_Optimizer):
     slot_names = ("h",)
 
     def __post_init__(self):
-        _check_positive("lr", self.lr)
+        finite_positive("lr", self.lr)
         _check_weight_decay(self.weight_decay)
 
     def _step(self, name, p, g, state, lr):
@@ -147,7 +141,7 @@ class Adam(_Optimizer):
     slot_names = ("m", "v")
 
     def __post_init__(self):
-        _check_positive("lr", self.lr)
+        finite_positive("lr", self.lr)
         _check_unit_interval("beta1", self.beta1)
         _check_unit_interval("beta2", self.beta2)
         _check_weight_decay(self.weight_decay)
