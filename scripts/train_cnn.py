@@ -92,7 +92,8 @@ def config_from_args(args):
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
         lr_step_epochs=args.lr_steps, lr_factor=args.lr_factor, optimizer=args.optimizer,
         momentum=args.momentum, weight_decay=args.weight_decay, use_bn=not args.no_bn,
-        bn_momentum=args.bn_momentum, bn_impl=args.bn_impl, graph=args.graph, init=args.init, init_scale=args.init_scale,
+        bn_momentum=args.bn_momentum, bn_impl=args.bn_impl, graph=args.graph, init=args.init,
+        init_scale=args.init_scale,
         seed=args.seed, augment=args.augment, max_shift=args.max_shift, limit_train=args.limit_train,
         limit_test=args.limit_test, kvstore=args.kvstore, bn_sync=args.bn_sync,
         trace_bn=args.trace_bn)
