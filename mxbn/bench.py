@@ -123,9 +123,11 @@ def step_breakdown(ctx, batch_size=128, repeat=30):
     """Where one default training step's time goes: each LeNet layer as its own jitted graph
     (forward+backward), then the whole step's parts.  Rows: (part, median ms)."""
     from .optim import SGD
-    from .train import TrainStep, attach_gradients, loss_and_correct
+    from .train import TrainStep, loss_and_correct
     params, state = lenet_params(ctx, seed=0)
-    attach_gradients(params)
+    batch_loss = loss_and_correct(jit(lenet), is_training=True)
+    opt = SGD(lr=0.1)
+    step = TrainStep(batch_loss, params, state, opt, opt.init(params))  # attaches the parameters' gradients
     (X, y), = _synthetic_batches(ctx, batch_size, count=1)
 
     def layer(name, fn, inp):
@@ -153,9 +155,6 @@ def step_breakdown(ctx, batch_size=128, repeat=30):
     H = layer("relu+pool2", lambda p, s, H, y: F.max_pool2d(F.relu(H), 2), H)
     layer("dense+relu+dense+loss", lambda p, s, H, y: F.softmax_cross_entropy(
         F.dense(F.relu(F.dense(H, p["fc1_weight"], p["fc1_bias"])), p["fc2_weight"], p["fc2_bias"]), y), H)
-    batch_loss = loss_and_correct(jit(lenet), is_training=True)
-    opt = SGD(lr=0.1)
-    step = TrainStep(batch_loss, params, state, opt, opt.init(params))
 
     def forward_only():
         batch_loss(params, state, X, y)
