@@ -41,8 +41,8 @@ def normalize_per_channel(X3, scale, shift):
     scratch Function's forward, inference, the traced scratch path and
     synchronized BN): the same two broadcast ops, so the paths agree to the bit.
     """
-    F = ops_for(X3)
-    return F.broadcast_add(F.broadcast_mul(X3, scale.reshape((1, -1, 1))), shift.reshape((1, -1, 1)))
+    ops = ops_for(X3)
+    return ops.broadcast_add(ops.broadcast_mul(X3, scale.reshape((1, -1, 1))), shift.reshape((1, -1, 1)))
 
 
 @accepts_every_array_kind
@@ -346,10 +346,10 @@ def _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax):
     Composed of ordinary ops so that autograd still differentiates w.r.t. X,
     gamma and beta in inference mode; the moving statistics are only read.
     """
-    F = ops_for(X)
+    ops = ops_for(X)
     shape = shape_of(X, "batch_norm")
     pre, C, post = three_d_shape(shape, ax)
-    scale = gamma * F.rsqrt(moving_vari + eps)
+    scale = gamma * ops.rsqrt(moving_vari + eps)
     shift = beta - moving_mean * scale
     X3 = X.reshape((pre, C, post))
     Y3 = normalize_per_channel(X3, scale, shift)

@@ -66,10 +66,10 @@ def conv2d(X, weight, bias=None, stride=1, pad=0):
         raise ValueError(f"conv2d: bias has shape {shape_of(bias, 'conv2d')}, expected ({w_shape[0]},)")
     kwargs = dict(kernel=w_shape[2:], num_filter=w_shape[0],
                   stride=_pair(stride, "stride"), pad=_pair(pad, "pad"))
-    F = ops_for(X)
+    ops = ops_for(X)
     if bias is None:
-        return F.Convolution(X, weight, no_bias=True, **kwargs)
-    return F.Convolution(X, weight, bias, **kwargs)
+        return ops.Convolution(X, weight, no_bias=True, **kwargs)
+    return ops.Convolution(X, weight, bias, **kwargs)
 
 
 def _pool(X, kernel, stride, pool_type, op):
@@ -119,10 +119,10 @@ def dense(X, weight, bias=None):
                          f"for X of shape {shape}")
     if bias is not None and _check_array(bias, "dense", "bias") != (w_shape[0],):
         raise ValueError(f"dense: bias has shape {shape_of(bias, 'dense')}, expected ({w_shape[0]},)")
-    F = ops_for(X)
+    ops = ops_for(X)
     if bias is None:
-        return F.FullyConnected(X, weight, num_hidden=w_shape[0], no_bias=True, flatten=True)
-    return F.FullyConnected(X, weight, bias, num_hidden=w_shape[0], flatten=True)
+        return ops.FullyConnected(X, weight, num_hidden=w_shape[0], no_bias=True, flatten=True)
+    return ops.FullyConnected(X, weight, bias, num_hidden=w_shape[0], flatten=True)
 
 
 @accepts_every_array_kind
@@ -178,8 +178,8 @@ def top_class(probs):
         return index.as_np_ndarray(), value.as_np_ndarray()
     if len(_check_array(probs, "top_class", "probs")) != 2:
         raise ValueError(f"top_class: probs must have shape (N, K), got {shape_of(probs, 'top_class')}")
-    F = ops_for(probs)
-    return F.argmax(probs, axis=1), F.max(probs, axis=1)
+    ops = ops_for(probs)
+    return ops.argmax(probs, axis=1), ops.max(probs, axis=1)
 
 
 @accepts_every_array_kind
@@ -205,9 +205,9 @@ def percentiles(X, qs, axis=None):
     if n == 0:
         raise ValueError(f"percentiles: no values to rank (shape {shape})")
     ranks = [max(1, int(np.ceil(q / 100.0 * n))) - 1 for q in qs]
-    F = ops_for(X)
-    ordered = F.sort(X, axis=axis)
-    return F.concat(*[F.slice_axis(ordered, axis=axis, begin=r, end=r + 1) for r in ranks], dim=axis)
+    ops = ops_for(X)
+    ordered = ops.sort(X, axis=axis)
+    return ops.concat(*[ops.slice_axis(ordered, axis=axis, begin=r, end=r + 1) for r in ranks], dim=axis)
 
 
 @accepts_every_array_kind
@@ -222,8 +222,8 @@ def softmax_cross_entropy(logits, labels):
     Uses ``log_softmax`` so large logits do not overflow.
     """
     _check_logits_labels(logits, labels, "softmax_cross_entropy")
-    F = ops_for(logits)
-    return -F.mean(F.pick(F.log_softmax(logits, axis=1), labels, axis=1))
+    ops = ops_for(logits)
+    return -ops.mean(ops.pick(ops.log_softmax(logits, axis=1), labels, axis=1))
 
 
 @accepts_every_array_kind
@@ -233,9 +233,9 @@ def correct_count(logits, labels):
     Stays on the device: sum it over batches and read it once per epoch.
     """
     _check_logits_labels(logits, labels, "correct_count")
-    F = ops_for(logits)
-    hits = F.broadcast_equal(F.argmax(logits, axis=1), F.cast(labels, dtype=dtype_of(logits, "correct_count")))
-    return F.sum(hits)
+    ops = ops_for(logits)
+    hits = ops.broadcast_equal(ops.argmax(logits, axis=1), ops.cast(labels, dtype=dtype_of(logits, "correct_count")))
+    return ops.sum(hits)
 
 
 @accepts_every_array_kind
