@@ -5,18 +5,21 @@
     python scripts/bench.py --quick          # seconds, for smoke tests
     python scripts/bench.py --breakdown      # where one default training step's time goes
 
-Argument parsing only; the logic is mxbn.bench.
+Argument parsing only: mxbn's own timings are mxbn.bench, the peers and the side-by-side run
+scripts/bench_peers/.
 """
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]  # the repository, scripts/ (for bench_peers)
 
 import mxbn  # noqa: E402,F401  (thread defaults before mxnet loads)
 from mxbn.atomic import atomic_write_json  # noqa: E402
-from mxbn.bench import format_table, run_bench, step_breakdown  # noqa: E402
+from mxbn.bench import step_breakdown  # noqa: E402
 from mxbn.context import ContextError  # noqa: E402
+from bench_peers.suite import format_table, run_bench  # noqa: E402
 
 
 def main(argv=None):

@@ -4,9 +4,9 @@ import os
 import subprocess
 import sys
 
-from mxbn.bench import MODEL_VARIANTS, torch_available
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from bench_peers.suite import MODEL_VARIANTS, torch_available  # noqa: E402
 
 
 def test_quick_bench_produces_every_row(tmp_path):

@@ -110,3 +110,29 @@ def test_traces_in_two_threads_do_not_break_each_other():
     for (name, k), value in results.items():
         n = (2 if name == "a" else 7) + k
         np.testing.assert_array_equal(value, np.full((n, 3), float(n)))
+
+
+def test_library_holds_no_peer():
+    """The benchmark's peers (PyTorch, Gluon layers) live in scripts/bench_peers/, not in mxbn/."""
+    import ast
+    import os
+    root = os.path.dirname(mxbn.__file__)
+    offenders = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            for node in ast.walk(ast.parse(open(path).read())):
+                if isinstance(node, ast.ImportFrom):
+                    modules = [node.module or ""]
+                elif isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                else:
+                    continue
+                if any(m.split(".")[0] == "torch" or m.startswith("mxnet.gluon.nn") for m in modules):
+                    offenders.append(os.path.relpath(path, root))
+                if isinstance(node, ast.ImportFrom) and node.module == "mxnet" and any(
+                        a.name == "gluon" for a in node.names):
+                    offenders.append(os.path.relpath(path, root))
+    assert offenders == []

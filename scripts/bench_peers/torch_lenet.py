@@ -1,15 +1,17 @@
 """The same LeNet-BN training step in PyTorch eager, for the benchmark's comparison row.
 
-Run as a file in its own process (``python mxbn/torch_lenet.py``): that process
-must not load MXNet, whose OpenMP threads would compete with PyTorch's.  The
-module imports only the standard library at the top, so mxbn.bench can reuse
-``peak_rss_mb`` from it.  Prints one JSON line with the measurements.
+Run as a file in its own process (``python scripts/bench_peers/torch_lenet.py``):
+that process must not load MXNet, whose OpenMP threads would compete with
+PyTorch's.  Prints one JSON line with the measurements.
 """
 import argparse
 import json
 import os
-import resource
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/
+from bench_peers.rss import peak_rss_mb  # noqa: E402
 
 TRAIN_IMAGES = 60000
 
@@ -59,22 +61,6 @@ def time_torch_lenet(batch_size, steps, warmup, lr=0.1):
                 epoch_seconds=TRAIN_IMAGES / ips,
                 peak_rss_mb=peak_rss_mb(), gpu_mb=None,
                 note=f"torch {torch.__version__}, {threads} threads")
-
-
-def peak_rss_mb():
-    """Peak resident memory of this process in MiB (shared with mxbn.bench).
-
-    /proc's VmHWM belongs to this program alone; ru_maxrss would carry over the
-    parent's peak through fork+exec.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 if __name__ == "__main__":

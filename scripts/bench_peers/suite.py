@@ -1,0 +1,147 @@
+"""The benchmark's side-by-side run: mxbn against its peers, op level in this process, each model-level
+variant in a child process of its own (its peak resident memory its own; no two thread pools, MXNet's and
+PyTorch's, competing), one at a time."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import mxnet as mx
+
+from mxbn import _runtime
+from mxbn.bench import MXBN_VARIANTS, OP_SHAPES, bench_pipeline, mxbn_ops, op_inputs, time_op
+
+from bench_peers.mxnet_peers import PEER_VARIANTS, peer_ops
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# the row order of the table
+MODEL_VARIANTS = ["mxbn-static", "mxbn-fused", "mxbn-scratch", "nd.BatchNorm", "gluon-hybrid", "no-bn",
+                  "mxbn-static-2dev", "mxbn-sync-2dev", "torch-eager"]
+assert set(MODEL_VARIANTS) == set(MXBN_VARIANTS + PEER_VARIANTS + ["torch-eager"])
+HEADLINE = "gluon-hybrid"
+
+
+def bench_ops(ctx, repeat, shapes=OP_SHAPES, include_tutorial=True):
+    """Rows: shape, implementation, ms for training fwd+bwd and for inference forward."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for shape in shapes:
+        inputs = op_inputs(shape, ctx, rng)
+        for name, op in mxbn_ops(inputs) + peer_ops(inputs, include_tutorial):
+            # the composed reference is ~40x slower: fewer repeats keep the run short
+            reps = max(3, repeat // 5) if name == "tutorial composed" else repeat
+            train_ms, infer_ms = time_op(op, inputs["dY"], reps)
+            rows.append(dict(shape="x".join(map(str, shape)), impl=name, train_ms=train_ms, infer_ms=infer_ms))
+    return rows
+
+
+def _run_child(variant, ctx_spec, batch_size, steps, warmup, timeout):
+    args = ["--batch-size", str(batch_size), "--steps", str(steps), "--warmup", str(warmup)]
+    if variant == "torch-eager":
+        # run as a file, not through the package: the child must not load MXNet
+        cmd = [sys.executable, os.path.join(HERE, "torch_lenet.py"), *args]
+    else:
+        cmd = [sys.executable, os.path.join(HERE, "child.py"), "--variant", variant, "--ctx", ctx_spec, *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return dict(variant=variant, error=last)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def torch_available():
+    try:
+        import importlib.util
+        return importlib.util.find_spec("torch") is not None
+    except ValueError:
+        return False
+
+
+def _median_run(variant, results):
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[-1]
+    ok.sort(key=lambda r: r["images_per_sec"])
+    best = dict(ok[len(ok) // 2])
+    best["images_per_sec_all"] = [r["images_per_sec"] for r in results if "error" not in r]
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+    return best
+
+
+def run_bench(ctx_spec="cpu", batch_size=128, repeat=20, quick=False, model_rounds=3, log=print):
+    """Everything above, side by side; returns a JSON-able dict (see ``format_table``)."""
+    from mxbn.context import resolve_context
+    ctx = resolve_context(ctx_spec, warn=log)
+    shapes = OP_SHAPES
+    steps, warmup = 200, 20
+    if quick:
+        repeat, steps, warmup = 3, 3, 1
+        shapes = [(16, 20, 24, 24), (16, 128)]
+    log(f"op level: {len(shapes)} shapes x {repeat} repeats on {ctx}")
+    ops = bench_ops(ctx, repeat, shapes, include_tutorial=not quick)
+    variants = [v for v in MODEL_VARIANTS if v != "torch-eager" or torch_available()]
+    # Rounds interleave the variants (A B C .. A B C ..) and the median per variant
+    # is reported: on a shared machine load drifts over minutes, and interleaving
+    # spreads that drift over all variants instead of penalising whichever ran
+    # during a bad stretch.
+    rounds = 1 if quick else model_rounds
+    runs = {v: [] for v in variants}
+    for r in range(rounds):
+        for v in variants:
+            log(f"model level, round {r + 1}/{rounds}: {v} ({steps} steps of batch {batch_size})")
+            runs[v].append(_run_child(v, "gpu" if ctx.device_type == "gpu" else "cpu", batch_size, steps, warmup,
+                                      timeout=1800))
+    models = [_median_run(v, runs[v]) for v in variants]
+    pipeline_s = bench_pipeline(ctx, batch_size, max(1, repeat // 5))
+    head = next((m for m in models if m["variant"] == HEADLINE and "error" not in m), None)
+    for m in models:
+        if head and "error" not in m:
+            m["ratio_to_gluon"] = m["images_per_sec"] / head["images_per_sec"]
+    torch = next((m for m in models if m["variant"] == "torch-eager" and "error" not in m), None)
+    for m in models:
+        if torch and "error" not in m:
+            m["ratio_to_torch"] = m["images_per_sec"] / torch["images_per_sec"]
+    default = next((m for m in models if m["variant"] == "mxbn-static" and "error" not in m), None)
+    return dict(
+        context=str(ctx), batch_size=batch_size, quick=quick, model_rounds=rounds, threads=_runtime.thread_settings(),
+        mxnet=mx.__version__, cpu_count=os.cpu_count(), ops=ops, models=models,
+        pipeline=dict(seconds_per_epoch=pipeline_s,
+                      fraction_of_mxbn_epoch=(pipeline_s / default["epoch_seconds"]) if default else None),
+        torch_available=torch_available())
+
+
+def format_table(result):
+    """Plain-text tables of a run_bench result."""
+    lines = [f"context {result['context']}, batch {result['batch_size']}, mxnet {result['mxnet']}, "
+             f"threads {result['threads']['in_force']}", "",
+             f"{'shape':<16}{'implementation':<20}{'train fwd+bwd ms':>18}{'infer fwd ms':>14}{'train vs nd':>13}"]
+    base = {r["shape"]: r for r in result["ops"] if r["impl"] == "nd.BatchNorm"}
+    for r in result["ops"]:
+        ratio = r["train_ms"] / base[r["shape"]]["train_ms"]
+        lines.append(f"{r['shape']:<16}{r['impl']:<20}{r['train_ms']:>18.3f}{r['infer_ms']:>14.3f}{ratio:>12.2f}x")
+    lines += ["", f"LeNet training, median of {result.get('model_rounds', 1)} interleaved round(s)",
+              f"{'LeNet variant':<16}{'images/s':>10}{'ms/step':>10}{'s/epoch':>10}{'peak RSS MB':>13}"
+              f"{'vs gluon':>10}  all rounds (img/s)"]
+    for m in result["models"]:
+        if "error" in m:
+            lines.append(f"{m['variant']:<16}  failed: {m['error']}")
+            continue
+        lines.append(f"{m['variant']:<16}{m['images_per_sec']:>10.0f}{m['ms_per_step']:>10.2f}"
+                     f"{m['epoch_seconds']:>10.2f}{m['peak_rss_mb']:>13.0f}"
+                     f"{m.get('ratio_to_gluon', float('nan')):>9.2f}x"
+                     + "  " + " ".join(f"{x:.0f}" for x in m.get("images_per_sec_all", []))
+                     + (f"  ({m['note']})" if m.get("note") else ""))
+    default = next((m for m in result["models"] if m["variant"] == "mxbn-static" and "error" not in m), None)
+    if default:
+        lines += ["", "default trainer (mxbn-static: models.lenet through mxbn.jit, the trainer's own step): "
+                      f"{default.get('ratio_to_gluon', float('nan')):.2f}x Gluon hybridized, "
+                      f"{default.get('ratio_to_torch', float('nan')):.2f}x PyTorch eager"]
+    p = result["pipeline"]
+    frac = p["fraction_of_mxbn_epoch"]
+    lines += ["", f"input pipeline alone: {p['seconds_per_epoch']:.3f} s per epoch"
+                  + (f" = {100 * frac:.2f} % of an mxbn-static (default) epoch" if frac is not None else "")]
+    if not result["torch_available"]:
+        lines.append("torch-eager: skipped (torch not importable)")
+    return "\n".join(lines)
