@@ -17,9 +17,36 @@ from . import functional as F
 from .jit import jit
 from .models import lenet_layers
 
-__all__ = ["BNTrace", "PERCENTILES", "merge"]
+__all__ = ["BNTrace", "PercentileProbe", "PERCENTILES", "merge"]
 
-PERCENTILES = (15, 50, 85)  # the paper's bands
+PERCENTILES = (15, 50, 85)  # the paper's bands (also bn-paper's)
+
+
+class PercentileProbe:
+    """``after_step`` hook: every ``every`` steps, ``fn(params, state, probe_X)`` (an array, or a list of
+    arrays of one shape, of percentiles) is computed and kept on the device; :meth:`read` is the one host read.
+
+    Used by ``--trace-bn`` (:class:`BNTrace`) and by the bn-paper study.
+    """
+
+    def __init__(self, fn, probe_X, every):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.fn, self.probe_X, self.every = fn, probe_X, int(every)
+        self.steps, self._rows = [], []
+
+    def __call__(self, step, params, state):
+        """Record at ``step`` (a global training-step count) if it is a multiple of ``every``."""
+        if step % self.every == 0:
+            self.steps.append(int(step))
+            values = self.fn(params, state, self.probe_X)
+            self._rows.append(nd.stack(*values) if isinstance(values, (list, tuple)) else values)
+
+    def read(self):
+        """(records, ...) float64 NumPy array of everything recorded (None before the first record)."""
+        if not self._rows:
+            return None
+        return nd.stack(*self._rows).asnumpy().astype(np.float64)
 
 
 def _probe_function(bn_impl, bn_momentum, channel, qs):
@@ -54,25 +81,22 @@ class BNTrace:
                  qs=PERCENTILES):
         if every < 1:
             raise ValueError(f"BNTrace: every must be >= 1, got {every}")
-        self.probe_X, self.every, self.channel, self.qs = probe_X, int(every), int(channel), tuple(qs)
+        self.channel, self.qs = int(channel), tuple(qs)
         probe = _probe_function(bn_impl, bn_momentum, self.channel, self.qs)
-        self._probe = jit(probe) if graph == "static" else probe
-        self._steps, self._rows = [], []
+        self._probe = PercentileProbe(jit(probe) if graph == "static" else probe, probe_X, every)
 
     def __call__(self, step, params, state):
         """Record at ``step`` (a global training-step count) if it is a multiple of ``every``."""
-        if step % self.every == 0:
-            self._steps.append(int(step))
-            self._rows.append(nd.stack(*self._probe(params, state, self.probe_X)))  # stays on the device
+        self._probe(step, params, state)
 
     def read(self, layer_names):
         """The recorded trace as plain data (one host read): steps, and per layer "before"/"after" bands."""
-        if not self._rows:
+        values = self._probe.read()   # (T, 2 * layers, len(qs))
+        if values is None:
             return dict(steps=[], percentiles=list(self.qs), channel=self.channel, layers={})
-        values = nd.stack(*self._rows).asnumpy().astype(np.float64)   # (T, 2 * layers, len(qs))
         layers = {name: dict(before=values[:, 2 * i].tolist(), after=values[:, 2 * i + 1].tolist())
                   for i, name in enumerate(layer_names)}
-        return dict(steps=list(self._steps), percentiles=list(self.qs), channel=self.channel, layers=layers)
+        return dict(steps=list(self._probe.steps), percentiles=list(self.qs), channel=self.channel, layers=layers)
 
 
 def merge(earlier, later):

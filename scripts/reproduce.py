@@ -59,13 +59,13 @@ def main(argv=None):
         seed_everything(0)
         t0 = time.perf_counter()
         try:
-            metrics = EXPERIMENTS[name].run(out_dir, ctx, quick=a.quick, log=progress, seeds=seeds)
+            result = EXPERIMENTS[name](out_dir, ctx, quick=a.quick, log=progress, seeds=seeds)
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        print(f"{name}: {len(metrics['claims'])} claims on {metrics['dataset']}, {seeds} seed(s), in "
+        print(f"{name}: {len(result.claims)} claims on {result.dataset}, {seeds} seed(s), in "
               f"{time.perf_counter() - t0:.0f} s -> {out_dir}", flush=True)
-        for c in metrics["claims"]:
+        for c in result.claims:
             where = f" [{c['dataset']}]" if c.get("dataset") else ""
             print(f"  [{c['verdict']}]{where} {c['claim']}: {c['reason']}", flush=True)
     if len(names) > 1:

@@ -136,3 +136,27 @@ def test_library_holds_no_peer():
                         a.name == "gluon" for a in node.names):
                     offenders.append(os.path.relpath(path, root))
     assert offenders == []
+
+
+def test_one_study_result_type_round_trips_through_metrics_json(tmp_path):
+    import pytest
+    from mxbn.experiments import EXPERIMENTS, StudyResult
+    from mxbn.experiments.result import verdict
+    assert all(callable(run) for run in EXPERIMENTS.values())
+    result = StudyResult(experiment="x", title="T", claims=[verdict("c", True, "r", dataset="d")], datasets=["a", "b"],
+                         seeds=[0, 1], figures=["f.png"], measurements=dict(curves=[1.0, 2.0]))
+    stored = result.save(str(tmp_path)).to_json()
+    assert stored["dataset"] == "a, b" and stored["curves"] == [1.0, 2.0] and stored["claims"][0]["verdict"] == "reproduced"
+    assert StudyResult.load(str(tmp_path)) == result
+    with pytest.raises(ValueError, match="may not be named"):
+        StudyResult(experiment="x", title="T", claims=[], datasets=[], measurements=dict(seeds=[3])).to_json()
+
+
+def test_trace_bn_and_bn_paper_share_one_percentile_probe():
+    from mxbn import bn_trace
+    from mxbn.experiments import bn_paper
+    assert bn_paper.PERCENTILES is bn_trace.PERCENTILES
+    probe = bn_trace.PercentileProbe(lambda p, s, X: [X.sum(), X.max()], nd.arange(4), every=2)
+    for step in range(5):
+        probe(step, {}, {})
+    assert probe.steps == [0, 2, 4] and probe.read().tolist() == [[[6.0], [3.0]]] * 3

@@ -19,15 +19,16 @@ import functools
 import os
 
 import numpy as np
-from mxnet import nd
 
 from .. import functional as F
 from .. import models
+from ..bn_trace import PERCENTILES, PercentileProbe
 from ..jit import jit
 from ..optim import SGD
 from ..plot import plot_band, save_figure, subplots
 from . import spread
-from .common import AccuracyRecorder, save_metrics, seed_list, study_datasets, train_mlp_iterations, verdict
+from .result import StudyResult, verdict
+from .common import AccuracyRecorder, seed_list, study_datasets, train_mlp_iterations
 
 TITLE = "The batch-norm paper's Figure 1: accuracy and a sigmoid's input over training"
 SIZES = (784, 100, 100, 100, 10)
@@ -35,7 +36,6 @@ INIT_STD = 0.1          # "small random Gaussian values": N(0, 0.1^2)
 LR, BATCH = 0.5, 60
 STEPS, EVERY = 20000, 200
 QUICK_STEPS, QUICK_EVERY = 600, 100
-PERCENTILES = (15, 50, 85)   # the paper's bands
 UNIT = 0                # the sigmoid of the last hidden layer the figures follow (the drift is given for all)
 PROBE_SIZE = 1000       # fixed test images the percentiles are taken over
 EARLY_FRACTION = 0.1    # "sooner": the accuracy after this fraction of training; the drift is measured from here
@@ -46,35 +46,32 @@ TUTORIAL = {
 }
 
 
-def _probe_function():
-    def probe(params, state, X):
-        _, taps = models.mlp_layers(params, state, X, False, activation="sigmoid")
-        return F.percentiles(taps[-1][2], PERCENTILES, axis=0)   # (3, units): the sigmoid's input per unit
-    return jit(probe)
+def _sigmoid_input_percentiles(params, state, X):
+    """(3, units): the percentiles of the last hidden layer's sigmoid input per unit (inference mode)."""
+    _, taps = models.mlp_layers(params, state, X, False, activation="sigmoid")
+    return F.percentiles(taps[-1][2], PERCENTILES, axis=0)
 
 
 class Recorder(AccuracyRecorder):
     """The test accuracy and the percentiles every ``every`` steps (the percentiles stay on the device)."""
 
-    def __init__(self, net, probe, data, every):
+    def __init__(self, net, data, every):
         super().__init__(net, data.test, every)
-        self.probe, self.probe_X = probe, data.test[0][:PROBE_SIZE]
-        self._bands = []
+        self.percentiles = PercentileProbe(jit(_sigmoid_input_percentiles), data.test[0][:PROBE_SIZE], every)
 
     def __call__(self, step, params, state):
-        if step % self.every == 0:
-            super().__call__(step, params, state)
-            self._bands.append(self.probe(params, state, self.probe_X))
+        super().__call__(step, params, state)
+        self.percentiles(step, params, state)
 
     def bands(self):
         """(records, 3, units) float64."""
-        return nd.stack(*self._bands).asnumpy().astype(np.float64)
+        return self.percentiles.read()
 
 
 def train_one(data, use_bn, steps, every, seed, ctx):
     params, state = models.mlp_params(ctx, SIZES, use_bn=use_bn, init="normal", init_scale=INIT_STD, seed=seed)
     net = jit(functools.partial(models.mlp, activation="sigmoid"))
-    recorder = Recorder(net, _probe_function(), data, every)
+    recorder = Recorder(net, data, every)
     recorder(0, params, state)
     train_mlp_iterations(net, params, state, SGD(lr=LR), data.train, steps, BATCH, seed, after_step=recorder)
     steps, accuracy = zip(*recorder.points)
@@ -190,12 +187,19 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
                  percentiles_unit=r["bands"][:, :, UNIT].tolist()) for r in runs] for use_bn, runs in results.items()}
     description = (__doc__.split("\n", 1)[1].strip() + "\n\nChange of the mean test accuracy over the second "
                    f"half of training (step {steps // 2} to {steps}): " + "; ".join(settled) + ".")
-    metrics = dict(description=description, experiment="bn-paper", title=TITLE,
-                   dataset=", ".join(records), datasets=list(records),
-                   data_source={d.name: d.source for d in datasets}, quick=quick, seeds=seeds, steps=steps,
-                   every=every, percentiles=list(PERCENTILES), unit=UNIT, drift=_json_keys(drifts),
-                   records=records, claims=claims, figures=figures)
-    return save_metrics(out_dir, metrics)
+    result = StudyResult(
+        experiment="bn-paper",
+        title=TITLE,
+        description=description,
+        datasets=list(records),
+        data_source={d.name: d.source for d in datasets},
+        quick=quick,
+        seeds=seeds,
+        claims=claims,
+        figures=figures,
+        measurements=dict(steps=steps, every=every, percentiles=list(PERCENTILES), unit=UNIT, drift=_json_keys(drifts),
+                          records=records))
+    return result.save(out_dir)
 
 
 def _json_keys(drifts):

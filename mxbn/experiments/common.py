@@ -1,19 +1,17 @@
 """What the experiments share: data choice, an MLP training loop with loss curves, files."""
-import os
 from typing import NamedTuple
 
 import numpy as np
 from mxnet import nd
 
 from .. import mnist5k, models
-from ..atomic import atomic_write_json
 from ..data import DataError, find_data_dir, load_dataset, to_device
 from ..jit import jit
 from ..plot import plot_band, save_figure, subplots
 from ..train import TrainStep, evaluate, loss_and_correct
 
-__all__ = ["StudyData", "study_datasets", "train_mlp_iterations", "AccuracyRecorder", "smooth", "save_metrics",
-           "verdict", "seed_list", "MLP_4X100", "mlp_loss_curves", "plot_loss_bands"]
+__all__ = ["StudyData", "study_datasets", "train_mlp_iterations", "AccuracyRecorder", "smooth",
+           "seed_list", "MLP_4X100", "mlp_loss_curves", "plot_loss_bands"]
 
 MLP_4X100 = (784, 100, 100, 100, 100, 10)   # the MLP of the optimizer and initialisation chapters
 
@@ -132,16 +130,3 @@ def smooth(values, window=50):
         lo = max(0, i + 1 - window)
         out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
     return out
-
-
-def verdict(claim, holds, reason, partly=False, dataset=None, tutorial=None):
-    """A claim's row: ``holds`` and ``partly`` come from the rules of spread.py; ``reason`` is our
-    measurement, ``tutorial`` the figure the tutorial itself reported (and on which data)."""
-    return dict(claim=claim, verdict="reproduced" if holds else ("partly" if partly else "not reproduced"),
-                reason=reason, dataset=dataset, tutorial=tutorial)
-
-
-def save_metrics(out_dir, metrics):
-    os.makedirs(out_dir, exist_ok=True)
-    atomic_write_json(os.path.join(out_dir, "metrics.json"), metrics)
-    return metrics

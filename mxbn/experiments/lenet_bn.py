@@ -15,7 +15,8 @@ from ..optim import SGD
 from ..plot import plot_band, plot_range, save_figure, subplots
 from ..train import TrainingDiverged, fit
 from . import spread
-from .common import save_metrics, seed_list, verdict
+from .result import StudyResult, verdict
+from .common import seed_list
 
 TITLE = "LeNet with and without batch norm (the MXNet tutorial)"
 LRS = (0.2, 0.5, 1.0, 2.0)
@@ -114,8 +115,16 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
                                               for lr in LRS[1:]), dataset=ds.name,
                 tutorial="the tutorial's exercise, no figure given (Fashion-MNIST)"),
     ]
-    metrics = dict(description=__doc__.split("\n", 1)[1].strip(), experiment="lenet-bn", title=TITLE,
-                   dataset=ds.name, datasets=[ds.name], data_source=ds.source, quick=quick, seeds=seeds,
-                   epochs=epochs, histories=runs, final_test_acc={k: spread.summary(v) for k, v in final.items()},
-                   claims=claims, figures=["bn_vs_nobn.png", "lr_sweep.png"])
-    return save_metrics(out_dir, metrics)
+    result = StudyResult(
+        experiment="lenet-bn",
+        title=TITLE,
+        description=__doc__.split("\n", 1)[1].strip(),
+        datasets=[ds.name],
+        data_source=ds.source,
+        quick=quick,
+        seeds=seeds,
+        claims=claims,
+        figures=["bn_vs_nobn.png", "lr_sweep.png"],
+        measurements=dict(epochs=epochs, histories=runs,
+                          final_test_acc={k: spread.summary(v) for k, v in final.items()}))
+    return result.save(out_dir)

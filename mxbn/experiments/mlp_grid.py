@@ -16,7 +16,8 @@ from ..jit import jit
 from ..optim import SGD
 from ..plot import plot_band, save_figure, subplots
 from . import spread
-from .common import AccuracyRecorder, save_metrics, seed_list, study_datasets, train_mlp_iterations, verdict
+from .result import StudyResult, verdict
+from .common import AccuracyRecorder, seed_list, study_datasets, train_mlp_iterations
 
 TITLE = "BN in practice: an MLP over weight scale, learning rate and activation"
 SIZES = (784, 128, 128, 128, 10)
@@ -131,8 +132,15 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
                    "| setting | with BN | without BN |", "|---|---|---|"] + [
             f"| {n} | {spread.fmt(final[_key(n, True)]['values'])} | {spread.fmt(final[_key(n, False)]['values'])} |"
             for n in names] + [""]
-    metrics = dict(description=__doc__.split("\n", 1)[1].strip() + "\n\n" + "\n".join(tables),
-                   experiment="mlp-grid", title=TITLE, dataset=", ".join(finals), datasets=list(finals),
-                   data_source=sources, quick=quick, seeds=seeds, iterations=iterations, final_test_acc=finals,
-                   curves=all_curves, claims=claims, figures=figures)
-    return save_metrics(out_dir, metrics)
+    result = StudyResult(
+        experiment="mlp-grid",
+        title=TITLE,
+        description=__doc__.split("\n", 1)[1].strip() + "\n\n" + "\n".join(tables),
+        datasets=list(finals),
+        data_source=sources,
+        quick=quick,
+        seeds=seeds,
+        claims=claims,
+        figures=figures,
+        measurements=dict(iterations=iterations, final_test_acc=finals, curves=all_curves))
+    return result.save(out_dir)

@@ -21,7 +21,8 @@ from ..optim import SGD, Adam
 from ..plot import plot_band, save_figure, subplots
 from ..train import TrainingDiverged, fit
 from . import spread
-from .common import save_metrics, seed_list, study_datasets, verdict
+from .result import StudyResult, verdict
+from .common import seed_list, study_datasets
 
 TITLE = "Sigmoid MLPs, input scale and batch norm (the NumPy MLP study)"
 LEARNS = 0.7   # final test accuracy above which a run "learns" (chance is 0.1)
@@ -148,9 +149,15 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
         spread.in_every_seed([c >= b for c, b in zip(c_final, best_other)]),
         f"{spread.fmt(c_final)} vs the best other run {spread.fmt(best_other)} on {full.name}",
         partly=spread.mean(c_final) >= spread.mean(best_other) - 0.01, dataset=full.name, tutorial=TUTORIAL["c"]))
-    metrics = dict(description=__doc__.split("\n", 1)[1].strip(), experiment="mlp-sigmoid", title=TITLE,
-                   dataset=", ".join(d.name for d in datasets), datasets=[d.name for d in datasets],
-                   data_source={d.name: d.source for d in datasets}, quick=quick, seeds=seeds,
-                   test_acc_per_epoch=runs, final_test_acc={k: spread.summary(v) for k, v in final.items()},
-                   claims=claims, figures=["curves.png"])
-    return save_metrics(out_dir, metrics)
+    result = StudyResult(
+        experiment="mlp-sigmoid",
+        title=TITLE,
+        description=__doc__.split("\n", 1)[1].strip(),
+        datasets=[d.name for d in datasets],
+        data_source={d.name: d.source for d in datasets},
+        quick=quick,
+        seeds=seeds,
+        claims=claims,
+        figures=["curves.png"],
+        measurements=dict(test_acc_per_epoch=runs, final_test_acc={k: spread.summary(v) for k, v in final.items()}))
+    return result.save(out_dir)

@@ -13,7 +13,8 @@ from mxnet import nd
 from ..optim import make_optimizer
 from ..plot import save_figure, subplots
 from . import spread
-from .common import mlp_loss_curves, plot_loss_bands, save_metrics, seed_list, smooth, study_datasets, verdict
+from .result import StudyResult, verdict
+from .common import mlp_loss_curves, plot_loss_bands, seed_list, smooth, study_datasets
 
 TITLE = "Optimizers: SGD, Momentum, AdaGrad, Adam"
 # (name, lr on f(x, y), lr for the MLP): the chapter's values
@@ -86,9 +87,15 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
                                    tutorial="figure: SGD's loss curve above the others (MNIST)"))
         final_losses[dataset] = {n: spread.summary(v) for n, v in final.items()}
         loss_curves[dataset] = {n: [c.tolist() for c in cs] for n, cs in curves.items()}
-    metrics = dict(description=__doc__.split('\n', 1)[1].strip(), experiment="optimizers", title=TITLE,
-                   dataset=", ".join(final_losses), datasets=list(final_losses), quick=quick, seeds=seeds,
-                   iterations=iterations, trajectories={n: p.tolist() for n, p in paths.items()},
-                   y_sign_changes=changes, final_smoothed_loss=final_losses, loss_curves=loss_curves,
-                   claims=claims, figures=figures)
-    return save_metrics(out_dir, metrics)
+    result = StudyResult(
+        experiment="optimizers",
+        title=TITLE,
+        description=__doc__.split('\n', 1)[1].strip(),
+        datasets=list(final_losses),
+        quick=quick,
+        seeds=seeds,
+        claims=claims,
+        figures=figures,
+        measurements=dict(iterations=iterations, trajectories={n: p.tolist() for n, p in paths.items()},
+                          y_sign_changes=changes, final_smoothed_loss=final_losses, loss_curves=loss_curves))
+    return result.save(out_dir)

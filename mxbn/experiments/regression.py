@@ -24,7 +24,8 @@ from ..optim import SGD
 from ..train import TrainStep
 from ..plot import plot_range, save_figure, subplots
 from . import spread
-from .common import save_metrics, seed_list, verdict
+from .result import StudyResult, verdict
+from .common import seed_list
 
 WIDTH, N_TRAIN, N_TEST, NOISE = 32, 1000, 500, 0.1
 COEF = np.array([2.0, -1.0, 3.0, 1.0, 2.0])
@@ -121,13 +122,19 @@ def run_batch_size(out_dir, ctx, quick=False, log=print, seeds=1):
                       f"BN worse than no BN at batch 10 in {len(bn_hurts_at_10)}",
                       partly=len(smaller) >= len(archs) // 2, dataset="synthetic regression",
                       tutorial="BN needs batches of at least ~15-30 (synthetic regression)")]
-    return save_metrics(out_dir, dict(
-        description=__doc__.split("\n", 1)[1].strip(), experiment="batch-size", title="BN and batch size",
-        dataset="synthetic regression", datasets=["synthetic regression"], data_source="generated", quick=quick,
-        seeds=seeds, epochs=epochs, final_test_mse={k: spread.summary(v) for k, v in final.items()},
-        log_gain={f"{d} hidden, {a}, batch {bs}": spread.summary(log_gain(d, a, bs))
-                  for d in DEPTHS for a in ACTS for bs in (10, 50)},
-        claims=claims, figures=["batch_size.png"]))
+    return StudyResult(
+        experiment="batch-size",
+        title="BN and batch size",
+        description=__doc__.split("\n", 1)[1].strip(),
+        datasets=["synthetic regression"],
+        data_source="generated",
+        quick=quick,
+        seeds=seeds,
+        claims=claims,
+        figures=["batch_size.png"],
+        measurements=dict(epochs=epochs, final_test_mse={k: spread.summary(v) for k, v in final.items()},
+                          log_gain={f"{d} hidden, {a}, batch {bs}": spread.summary(log_gain(d, a, bs))
+                  for d in DEPTHS for a in ACTS for bs in (10, 50)})).save(out_dir)
 
 
 def run_lr_sensitivity(out_dir, ctx, quick=False, log=print, seeds=1):
@@ -193,9 +200,16 @@ def run_lr_sensitivity(out_dir, ctx, quick=False, log=print, seeds=1):
                 tutorial="tanh gains more than sigmoid (synthetic regression)"),
     ]
     log("lr-sensitivity: " + "; ".join(f"{c['verdict']}" for c in claims))
-    return save_metrics(out_dir, dict(
-        description=__doc__.split("\n", 1)[1].strip(), experiment="lr-sensitivity",
-        title="BN and learning-rate sensitivity", dataset=data, datasets=[data], data_source="generated",
-        quick=quick, seeds=seeds, epochs=epochs,
-        final_test_mse={f"{_label(d, a, bn)} | lr {lr}": spread.summary(v) for (d, a, bn, lr), v in final.items()},
-        claims=claims, figures=["lr_sensitivity.png"]))
+    return StudyResult(
+        experiment="lr-sensitivity",
+        title="BN and learning-rate sensitivity",
+        description=__doc__.split("\n", 1)[1].strip(),
+        datasets=[data],
+        data_source="generated",
+        quick=quick,
+        seeds=seeds,
+        claims=claims,
+        figures=["lr_sensitivity.png"],
+        measurements=dict(epochs=epochs,
+                          final_test_mse={f"{_label(d, a, bn)} | lr {lr}": spread.summary(v)
+                                          for (d, a, bn, lr), v in final.items()})).save(out_dir)

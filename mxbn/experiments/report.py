@@ -1,10 +1,10 @@
 """docs/results.md from the experiments' saved metrics (never written by hand)."""
 import datetime
-import json
 import os
 import shutil
 
 from ..atomic import atomic_write_text
+from .result import METRICS_FILE, VERDICTS, StudyResult
 from .spread import DIVERGED_ACCURACY, SPREAD_FACTOR
 
 __all__ = ["write_report", "INTRO"]
@@ -50,10 +50,10 @@ def _claims_table(claims):
 
 def _summary_table(found):
     rows = ["| experiment | data | seeds | reproduced | partly | not reproduced |", "|---|---|---|---|---|---|"]
-    for name, m in found:
-        counts = {v: sum(c["verdict"] == v for c in m["claims"]) for v in ("reproduced", "partly", "not reproduced")}
-        rows.append(f"| [`{name}`](#{name}) | {m['dataset']} | {len(m.get('seeds', [0]))}"
-                    f"{' (quick)' if m.get('quick') else ''} | {counts['reproduced']} | {counts['partly']} | "
+    for name, r in found:
+        counts = {v: sum(c["verdict"] == v for c in r.claims) for v in VERDICTS}
+        rows.append(f"| [`{name}`](#{name}) | {r.dataset} | {len(r.seeds)}"
+                    f"{' (quick)' if r.quick else ''} | {counts['reproduced']} | {counts['partly']} | "
                     f"{counts['not reproduced']} |")
     return "\n".join(rows)
 
@@ -65,23 +65,20 @@ def write_report(runs_dir, docs_dir, names, planned=()):
     parts = [INTRO]
     missing, found, written = [], [], set()
     for name in names:
-        path = os.path.join(runs_dir, name, "metrics.json")
-        if not os.path.exists(path):
+        if not os.path.exists(os.path.join(runs_dir, name, METRICS_FILE)):
             missing.append(name)
             continue
-        with open(path) as f:
-            found.append((name, json.load(f)))
+        found.append((name, StudyResult.load(os.path.join(runs_dir, name), name)))
     if found:
         parts.append("## Summary\n\n" + _summary_table(found) + "\n")
-    for name, m in found:
-        seeds = m.get("seeds", [0])
-        parts.append(f'<a id="{name}"></a>\n\n## `{name}`: {m["title"]}\n')
-        if m.get("description"):
-            parts.append(m["description"] + "\n")
-        parts.append(f"Data: **{m['dataset']}**; {len(seeds)} seed(s) ({', '.join(map(str, seeds))})"
-                     f"{' (quick run)' if m.get('quick') else ''}.\n")
-        parts.append(_claims_table(m["claims"]) + "\n")
-        for fig in m.get("figures", []):
+    for name, r in found:
+        parts.append(f'<a id="{name}"></a>\n\n## `{name}`: {r.title}\n')
+        if r.description:
+            parts.append(r.description + "\n")
+        parts.append(f"Data: **{r.dataset}**; {len(r.seeds)} seed(s) ({', '.join(map(str, r.seeds))})"
+                     f"{' (quick run)' if r.quick else ''}.\n")
+        parts.append(_claims_table(r.claims) + "\n")
+        for fig in r.figures:
             target = f"{name}-{fig}"
             shutil.copyfile(os.path.join(runs_dir, name, fig), os.path.join(fig_dir, target))
             written.add(target)

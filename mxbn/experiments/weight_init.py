@@ -15,7 +15,8 @@ import numpy as np
 from ..optim import SGD
 from ..plot import save_figure, subplots
 from . import spread
-from .common import mlp_loss_curves, plot_loss_bands, save_metrics, seed_list, smooth, study_datasets, verdict
+from .result import StudyResult, verdict
+from .common import mlp_loss_curves, plot_loss_bands, seed_list, smooth, study_datasets
 
 TITLE = "Weight initialisation"
 LAYERS, UNITS, SAMPLES = 5, 100, 1000
@@ -112,8 +113,15 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
         ]
         final_losses[dataset] = {k: spread.summary(v) for k, v in final.items()}
         loss_curves[dataset] = {k: [c.tolist() for c in cs] for k, cs in curves.items()}
-    metrics = dict(description=__doc__.split('\n', 1)[1].strip(), experiment="init", title=TITLE,
-                   dataset=", ".join(final_losses), datasets=list(final_losses), quick=quick, seeds=seeds,
-                   iterations=iterations, activation_stats=stats, final_smoothed_loss=final_losses,
-                   loss_curves=loss_curves, claims=claims, figures=figures)
-    return save_metrics(out_dir, metrics)
+    result = StudyResult(
+        experiment="init",
+        title=TITLE,
+        description=__doc__.split('\n', 1)[1].strip(),
+        datasets=list(final_losses),
+        quick=quick,
+        seeds=seeds,
+        claims=claims,
+        figures=figures,
+        measurements=dict(iterations=iterations, activation_stats=stats, final_smoothed_loss=final_losses,
+                          loss_curves=loss_curves))
+    return result.save(out_dir)
