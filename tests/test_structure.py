@@ -146,7 +146,8 @@ def test_one_study_result_type_round_trips_through_metrics_json(tmp_path):
     result = StudyResult(experiment="x", title="T", claims=[verdict("c", True, "r", dataset="d")], datasets=["a", "b"],
                          seeds=[0, 1], figures=["f.png"], measurements=dict(curves=[1.0, 2.0]))
     stored = result.save(str(tmp_path)).to_json()
-    assert stored["dataset"] == "a, b" and stored["curves"] == [1.0, 2.0] and stored["claims"][0]["verdict"] == "reproduced"
+    assert stored["dataset"] == "a, b" and stored["curves"] == [1.0, 2.0]
+    assert stored["claims"][0]["verdict"] == "reproduced"
     assert StudyResult.load(str(tmp_path)) == result
     with pytest.raises(ValueError, match="may not be named"):
         StudyResult(experiment="x", title="T", claims=[], datasets=[], measurements=dict(seeds=[3])).to_json()
