@@ -1,6 +1,7 @@
 """The trainer's typed configuration. Defaults reproduce the MXNet "batch norm from scratch" tutorial."""
 import math
-from dataclasses import asdict, dataclass, fields
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Tuple
 
 from . import _checks as checks
@@ -11,7 +12,8 @@ from .init import INIT_NAMES
 from .optim import OPTIMIZERS
 from .parallel.kvstore import KVSTORE_TYPES
 
-__all__ = ["TrainConfig", "ConfigError", "LR_SCHEDULES", "GRAPHS", "RESUME_MAY_CHANGE", "KVSTORE_TYPES"]
+__all__ = ["TrainConfig", "ConfigError", "CliOption", "cli_options", "config_from_options", "LR_SCHEDULES", "GRAPHS",
+           "RESUME_MAY_CHANGE", "KVSTORE_TYPES"]
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 GRAPHS = ("static", "imperative")
@@ -24,39 +26,56 @@ class ConfigError(ValueError):
     """An option value is invalid; the message names the option and what is expected."""
 
 
+def _option(default, help, choices=None, flag=None):
+    """A TrainConfig field with what its command-line flag needs: the help text, the choices, and the flag
+    when it is not ``--`` + the field name with dashes (``use_bn`` is ``--no-bn``)."""
+    return field(default=default, metadata=dict(help=help, choices=choices, flag=flag))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    ctx: str = "gpu"                    # tutorial: mx.gpu(); falls back to the CPU with a warning;
-                                        # "gpu:0,gpu:1": data-parallel over the listed devices
-    dataset: str = "fashion-mnist"      # tutorial dataset
-    data_dir: Optional[str] = None      # None: search path, then download
-    epochs: int = 5                     # tutorial
-    batch_size: int = 128               # tutorial
-    lr: float = 0.2                     # tutorial
-    lr_schedule: str = "constant"       # tutorial: constant
-    warmup_epochs: float = 0.0          # linear warm-up from 0 to lr before the schedule
-    lr_step_epochs: Tuple[int, ...] = ()  # "step": epochs at which lr is multiplied by lr_factor
-    lr_factor: float = 0.1
-    optimizer: str = "sgd"              # tutorial: plain SGD
-    momentum: float = 0.9               # for optimizer="momentum"
-    weight_decay: float = 0.0           # tutorial: none
-    use_bn: bool = True                 # the tutorial's point
-    bn_momentum: float = 0.9            # tutorial: moving = 0.9*moving + 0.1*batch
-    bn_impl: str = "fused"
-    graph: str = "static"               # "static": models.lenet through mxbn.jit (one planned MXNet graph;
-                                        # with bn_sync, one per stage between the synchronized BNs);
-                                        # "imperative": the functional ops one by one
-    init: str = "normal"                # tutorial: N(0, 0.01^2) weights
-    init_scale: float = 0.01
-    seed: int = 0
-    augment: bool = False               # random horizontal flips + shifts, on the device
-    max_shift: int = 2                  # pixels, with augment
-    limit_train: Optional[int] = None   # first N training samples (quick runs)
-    limit_test: Optional[int] = None
-    kvstore: Optional[str] = None       # None: "device" for several contexts, no kvstore for one;
-                                        # "dist_sync"/"dist_device_sync": one worker of several processes
-    bn_sync: bool = False               # BN statistics over the whole batch across this process's devices
-    trace_bn: bool = False              # percentiles of each BN layer's input over training (bn_trace.png)
+    """Every option of a training run; ``scripts/train_cnn.py``'s flags are derived from these fields
+    (``cli_options``), their help text from each field's metadata."""
+    ctx: str = _option("gpu", "gpu (the tutorial's mx.gpu(); falls back to the CPU with a warning), gpu:N, cpu, "
+                       "or a list such as gpu:0,gpu:1 (data parallel: each batch is split over the devices)")
+    dataset: str = _option("fashion-mnist", "the tutorial's dataset, or another of the same format",
+                           choices=sorted(DATASETS))
+    data_dir: Optional[str] = _option(None, "folder with the four idx files; else $MXBN_DATA_DIR, MXNet's cache, "
+                                            "/usr/share/datasets/fashion-mnist, then download")
+    epochs: int = _option(5, "passes over the training set (the tutorial's 5)")
+    batch_size: int = _option(128, "images per step (the tutorial's 128)")
+    lr: float = _option(0.2, "learning rate (the tutorial's 0.2)")
+    lr_schedule: str = _option("constant", "learning-rate schedule after the warm-up (the tutorial's constant)",
+                               choices=LR_SCHEDULES)
+    warmup_epochs: float = _option(0.0, "linear warm-up from 0 to --lr over this many epochs")
+    lr_step_epochs: Tuple[int, ...] = _option((), "epochs at which --lr-schedule step multiplies the learning rate "
+                                                  "by --lr-factor, e.g. 10,15", flag="--lr-steps")
+    lr_factor: float = _option(0.1, "step decay factor")
+    optimizer: str = _option("sgd", "the tutorial's plain SGD, or another", choices=sorted(OPTIMIZERS))
+    momentum: float = _option(0.9, "for --optimizer momentum")
+    weight_decay: float = _option(0.0, "L2 penalty on every parameter (the tutorial's none)")
+    use_bn: bool = _option(True, "LeNet without batch norm", flag="--no-bn")
+    bn_momentum: float = _option(0.9, "moving = m*moving + (1-m)*batch (MXNet convention; the tutorial's 0.9)")
+    bn_impl: str = _option("fused", "fused kernel or from-primitives batch_norm (same numbers)",
+                           choices=BATCH_NORM_IMPLS)
+    graph: str = _option("static", "static: models.lenet through mxbn.jit, one planned MXNet graph (with --bn-sync, "
+                                   "one per stage between the synchronized BN); imperative: mxbn's functional ops "
+                                   "one by one", choices=GRAPHS)
+    init: str = _option("normal", "weight initializer (the tutorial's N(0, 0.01^2))", choices=INIT_NAMES)
+    init_scale: float = _option(0.01, "std for --init normal")
+    seed: int = _option(0, "seeds the initialisation, the batch order and the augmentation")
+    augment: bool = _option(False, "random horizontal flips and shifts (on the device)")
+    max_shift: int = _option(2, "pixels, with --augment")
+    limit_train: Optional[int] = _option(None, "use the first N training images (quick runs)")
+    limit_test: Optional[int] = _option(None, "use the first N test images")
+    kvstore: Optional[str] = _option(None, "how gradients are summed: device/local within this process (default "
+                                           "device for several contexts); dist_sync/dist_device_sync across "
+                                           "worker processes started by scripts/launch_local.py or by hand "
+                                           "(see README)", choices=KVSTORE_TYPES)
+    bn_sync: bool = _option(False, "batch-norm statistics over the whole batch across this process's devices "
+                                   "(needs several contexts)")
+    trace_bn: bool = _option(False, "record the 15th/50th/85th percentiles of every BN layer's input and output "
+                                    "over training on a fixed test batch; writes bn_trace.json and bn_trace.png")
 
     def validate(self):
         """Raise ConfigError for the first invalid option; returns self."""
@@ -110,6 +129,14 @@ class TrainConfig:
                                       f"{list(self.lr_step_epochs)}")
         return self
 
+    def optimizer_options(self):
+        """(name, lr, weight_decay, {hyperparameter: value}) for ``optim.make_optimizer``: of the
+        hyperparameters the chosen optimizer declares, those this config has an option for (``momentum``);
+        the others (Adam's betas) keep the optimizer's defaults."""
+        options = {f.name for f in fields(self)}
+        hyper = {h: getattr(self, h) for h in OPTIMIZERS[self.optimizer].hyperparameters() if h in options}
+        return self.optimizer, self.lr, self.weight_decay, hyper
+
     def to_dict(self):
         d = asdict(self)
         d["lr_step_epochs"] = list(self.lr_step_epochs)
@@ -130,6 +157,45 @@ class TrainConfig:
         """Options (other than RESUME_MAY_CHANGE) whose value differs from ``saved``."""
         mine, theirs = self.to_dict(), saved.to_dict()
         return {k: (theirs[k], mine[k]) for k in mine if k not in RESUME_MAY_CHANGE and mine[k] != theirs[k]}
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """One command-line flag of a TrainConfig field: ``kind`` is bool, int, float, str or tuple (of ints,
+    written comma-separated); a ``negated`` bool flag (``--no-bn``) sets its field to False."""
+    field: str
+    flag: str
+    kind: type
+    default: object
+    help: str
+    choices: Optional[tuple] = None
+    negated: bool = False
+
+
+def _kind(annotation):
+    """bool/int/float/str/tuple of a field's annotation (Optional[X] is X)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is tuple:
+        return tuple
+    return _kind(args[0]) if args else annotation
+
+
+def cli_options():
+    """[CliOption] of every TrainConfig field, in field order."""
+    options = []
+    for f in fields(TrainConfig):
+        kind = _kind(f.type)
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        choices = f.metadata["choices"]
+        options.append(CliOption(f.name, flag, kind, f.default, f.metadata["help"],
+                                 tuple(choices) if choices is not None else None,
+                                 negated=kind is bool and f.default is True))
+    return options
+
+
+def config_from_options(values):
+    """TrainConfig from ``{field: value}`` as the flags of ``cli_options`` give them (not validated)."""
+    return TrainConfig(**{o.field: values[o.field] for o in cli_options()})
 
 
 def _one_of(name, value, allowed):

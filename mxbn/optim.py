@@ -25,7 +25,7 @@ per parameter.  AdaGrad has no dense fused kernel in MXNet 1.9, and its
 written out with the coefficients taken in double precision.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from mxnet import nd
 
@@ -58,6 +58,11 @@ def _check_grads(params, grads):
 
 class _Optimizer:
     slot_names = ()
+
+    @classmethod
+    def hyperparameters(cls):
+        """The hyperparameters this optimizer takes besides ``lr`` and ``weight_decay`` (its own fields)."""
+        return tuple(f.name for f in fields(cls) if f.name not in ("lr", "weight_decay"))
 
     def init(self, params):
         """Fresh optimizer state for ``params`` (a dict name -> NDArray)."""

@@ -188,8 +188,8 @@ def _build(config, ctx, log, rank=0, workers=1):
     test = to_device(dataset.test_images, dataset.test_labels, ctx, config.limit_test)
     params, state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=config.seed,
                                  init_scale=config.init_scale)
-    hyper = {"momentum": config.momentum} if config.optimizer == "momentum" else {}
-    optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay, **hyper)
+    name, lr, weight_decay, hyper = config.optimizer_options()
+    optimizer = make_optimizer(name, lr, weight_decay, **hyper)
     iters_per_epoch = -(-train[0].shape[0] // config.batch_size)
     schedule = make_lr_schedule(config, iters_per_epoch)
     log(f"data: {dataset.name} from {dataset.source}: {train[0].shape[0]} train / {test[0].shape[0]} "
@@ -237,6 +237,94 @@ def _parallel(config, log):
     return contexts, kv, rank, workers
 
 
+def _resume(ckpt_path, config, ctx, params, state, log):
+    """(params, state, opt_state, history, position) from the checkpoint, which must match ``config``."""
+    ckpt = load_checkpoint(ckpt_path, ctx)
+    saved = TrainConfig.from_dict(ckpt["meta"]["config"])
+    diffs = config.resume_differences(saved)
+    if diffs:
+        raise ConfigError("--resume with options that differ from the checkpoint's: " + ", ".join(
+            f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in sorted(diffs.items())))
+    check_compatible(ckpt_path, params, ckpt["params"], "parameters")
+    check_compatible(ckpt_path, state, ckpt["state"], "batch-norm statistics")
+    start = ckpt["meta"]["position"]
+    log(f"resuming from {ckpt_path} at epoch {start['epoch'] + 1}, batch {start['batch'] + 1}")
+    if start["epoch"] >= config.epochs:
+        log(f"nothing to do: the checkpoint has {start['epoch']} epoch(s), --epochs is {config.epochs}")
+    return ckpt["params"], ckpt["state"], ckpt["opt_state"], ckpt["meta"]["history"], start
+
+
+class _RunFiles:
+    """What ``fit``'s epoch-end and interruption hooks write: the checkpoint of the (in-place updated)
+    params/state/opt_state and the results files; only the primary worker writes."""
+
+    def __init__(self, out_dir, config, dataset, devices, workers, primary, params, state, opt_state, log):
+        self.out_dir, self.config, self.dataset, self.devices, self.workers = out_dir, config, dataset, devices, workers
+        self.primary, self.params, self.state, self.opt_state, self.log = primary, params, state, opt_state, log
+        self.ckpt_path = os.path.join(out_dir, CHECKPOINT)
+
+    def save(self, position, history):
+        meta = dict(mxbn_version=__version__, config=self.config.to_dict(), position=position, history=history,
+                    epoch=position["epoch"], model="lenet")
+        save_checkpoint(self.ckpt_path, self.params, self.state, self.opt_state, meta)
+
+    def on_epoch_end(self, epoch, history):
+        if self.primary:
+            self.save(dict(epoch=epoch, batch=0), history)
+            _write_results(self.out_dir, self.config, self.dataset, self.devices, history, self.workers)
+
+    def on_interrupt(self, position, history):
+        if self.primary:
+            self.save(position, history)
+        self.log(f"interrupted in epoch {position['epoch'] + 1} after batch {position['batch']}: checkpoint "
+                 f"{'written to' if self.primary else 'written by worker 0 to'} {self.ckpt_path}; continue with "
+                 f"the same command and --resume")
+
+
+def _data_parallel_step(config, net, contexts, params, state, optimizer, opt_state, kv):
+    """The step over several devices or workers (None with no kvstore: fit's single-device step)."""
+    if kv is None:
+        return None
+    stages = jitted_stages(LENET_STAGES) if config.graph == "static" else LENET_STAGES
+    forward = (functools.partial(across_devices, stages, LENET_STAGE_NORMS, bn_momentum=config.bn_momentum)
+               if config.bn_sync else per_device(net))
+    return DataParallelStep(forward, contexts, params, state, optimizer, opt_state, kv,
+                            stats_synchronized=config.bn_sync)
+
+
+def _bn_trace(config, train, test, params, state, resumed):
+    """--trace-bn's recorder (None without it), with the distribution before any training on a fresh run."""
+    if not config.trace_bn:
+        return None
+    iters_per_epoch = -(-train[0].shape[0] // config.batch_size)
+    trace = BNTrace(test[0][:TRACE_PROBE_IMAGES], max(1, iters_per_epoch // TRACE_POINTS_PER_EPOCH),
+                    config.graph, config.bn_impl, config.bn_momentum)
+    if not resumed:
+        trace(0, params, state)
+    return trace
+
+
+def _log_fingerprint(step, params, contexts, log):
+    # equal fingerprints in every worker's log show that the copies stayed identical
+    same = step.replicas_identical()
+    log(f"parameters sha1 {fingerprint(params)}" + (
+        "" if len(contexts) == 1 else f", the same on all {len(contexts)} devices" if same
+        else ", but the devices' copies DIFFER"))
+
+
+def _finish(files, history, net, test, trace):
+    """The primary's files after training: metrics, evaluation, pictures, the BN trace; returns the metrics."""
+    config, dataset, out_dir = files.config, files.dataset, files.out_dir
+    metrics = _write_results(out_dir, config, dataset, files.devices, history, files.workers)
+    evaluation = evaluate_predictions(net, files.params, files.state, test, dataset.name, config.batch_size)
+    atomic_write_json(os.path.join(out_dir, EVALUATION), evaluation)
+    draw_pictures(out_dir, evaluation, dataset.test_images[:config.limit_test],
+                  f"LeNet{'-BN' if config.use_bn else ''} on {dataset.name}")
+    if trace is not None:
+        _write_bn_trace(out_dir, trace, [f"bn{i}" for i in LENET_BLOCKS], dataset.name)
+    return metrics
+
+
 def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_nan="stop", log=print):
     """Train the LeNet described by ``config``; returns the metrics dict written to metrics.json.
 
@@ -271,87 +359,33 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
             + (", batch norm synchronized across devices" if config.bn_sync else ""))
     seed_everything(config.seed)
     dataset, train, test, params, state, optimizer, schedule = _build(config, ctx, log, rank, workers)
-    opt_state = optimizer.init(params)
-    start, history = None, []
+    opt_state, start, history = optimizer.init(params), None, []
     if resume:
-        ckpt = load_checkpoint(ckpt_path, ctx)
-        saved = TrainConfig.from_dict(ckpt["meta"]["config"])
-        diffs = config.resume_differences(saved)
-        if diffs:
-            raise ConfigError("--resume with options that differ from the checkpoint's: " + ", ".join(
-                f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in sorted(diffs.items())))
-        check_compatible(ckpt_path, params, ckpt["params"], "parameters")
-        check_compatible(ckpt_path, state, ckpt["state"], "batch-norm statistics")
-        params, state, opt_state = ckpt["params"], ckpt["state"], ckpt["opt_state"]
-        history = ckpt["meta"]["history"]
-        start = ckpt["meta"]["position"]
-        log(f"resuming from {ckpt_path} at epoch {start['epoch'] + 1}, batch {start['batch'] + 1}")
-        if start["epoch"] >= config.epochs:
-            log(f"nothing to do: the checkpoint has {start['epoch']} epoch(s), --epochs is {config.epochs}")
+        params, state, opt_state, history, start = _resume(ckpt_path, config, ctx, params, state, log)
     if primary:
         atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
-
-    def save(position, hist):
-        meta = dict(mxbn_version=__version__, config=config.to_dict(), position=position, history=hist,
-                    epoch=position["epoch"], model="lenet")
-        save_checkpoint(ckpt_path, params, state, opt_state, meta)
-
-    def on_epoch_end(epoch, hist):
-        if primary:
-            save(dict(epoch=epoch, batch=0), hist)
-            _write_results(out_dir, config, dataset, devices, hist, workers)
-
-    def on_interrupt(position, hist):
-        if primary:
-            save(position, hist)
-        log(f"interrupted in epoch {position['epoch'] + 1} after batch {position['batch']}: checkpoint "
-            f"{'written to' if primary else 'written by worker 0 to'} {ckpt_path}; continue with the same "
-            f"command and --resume")
-
+    files = _RunFiles(out_dir, config, dataset, devices, workers, primary, params, state, opt_state, log)
     net = make_net(config)
-    step = None
-    if kv is not None:
-        stages = jitted_stages(LENET_STAGES) if config.graph == "static" else LENET_STAGES
-        forward = (functools.partial(across_devices, stages, LENET_STAGE_NORMS, bn_momentum=config.bn_momentum)
-                   if config.bn_sync else per_device(net))
-        step = DataParallelStep(forward, contexts, params, state, optimizer, opt_state, kv,
-                                stats_synchronized=config.bn_sync)
+    step = _data_parallel_step(config, net, contexts, params, state, optimizer, opt_state, kv)
     augment = (functools.partial(random_flip_shift, max_shift=config.max_shift) if config.augment else None)
     # each device's slice needs the batch statistics' minimum
     min_batch = len(contexts) * min_train_batch_size(params, dense_bn=False)
-    trace = None
-    if config.trace_bn:
-        iters_per_epoch = -(-train[0].shape[0] // config.batch_size)
-        trace = BNTrace(test[0][:TRACE_PROBE_IMAGES], max(1, iters_per_epoch // TRACE_POINTS_PER_EPOCH),
-                        config.graph, config.bn_impl, config.bn_momentum)
-        if start is None:
-            trace(0, params, state)  # the distribution before any training
+    trace = _bn_trace(config, train, test, params, state, resumed=start is not None)
     with _StopFlag() as stop:
         history = fit(net, params, state, optimizer, opt_state, train, test, config.epochs, config.batch_size,
                       seed=config.seed, lr_schedule=schedule, augment=augment, min_batch_size=min_batch,
-                      start=start, history=history, on_epoch_end=on_epoch_end, on_interrupt=on_interrupt,
-                      stop_requested=stop, on_nan=on_nan, progress=progress and primary, log=log, step=step,
-                      after_step=trace)
-    total = sum(h["seconds"] for h in history)
+                      start=start, history=history, on_epoch_end=files.on_epoch_end,
+                      on_interrupt=files.on_interrupt, stop_requested=stop, on_nan=on_nan,
+                      progress=progress and primary, log=log, step=step, after_step=trace)
     if kv is not None:
-        # equal fingerprints in every worker's log show that the copies stayed identical
-        same = step.replicas_identical()
-        log(f"parameters sha1 {fingerprint(params)}" + (
-            "" if len(contexts) == 1 else f", the same on all {len(contexts)} devices" if same
-            else ", but the devices' copies DIFFER"))
+        _log_fingerprint(step, params, contexts, log)
     if not primary:
         return None
-    metrics = _write_results(out_dir, config, dataset, devices, history, workers)
-    evaluation = evaluate_predictions(net, params, state, test, dataset.name, config.batch_size)
-    atomic_write_json(os.path.join(out_dir, EVALUATION), evaluation)
-    draw_pictures(out_dir, evaluation, dataset.test_images[:config.limit_test],
-                  f"LeNet{'-BN' if config.use_bn else ''} on {dataset.name}")
-    if trace is not None:
-        _write_bn_trace(out_dir, trace, [f"bn{i}" for i in LENET_BLOCKS], dataset.name)
+    metrics = _finish(files, history, net, test, trace)
     final = metrics["final"]
     log(f"done: {len(history)} epochs, final test accuracy {final['test_acc']:.4f} "
         f"(best {metrics['best']['test_acc']:.4f} at epoch {metrics['best']['epoch']}), "
-        f"{total:.1f} s in all; results in {out_dir}")
+        f"{sum(h['seconds'] for h in history):.1f} s in all; results in {out_dir}")
     return metrics
 
 

@@ -137,39 +137,32 @@ def run_batch_size(out_dir, ctx, quick=False, log=print, seeds=1):
                   for d in DEPTHS for a in ACTS for bs in (10, 50)})).save(out_dir)
 
 
-def run_lr_sensitivity(out_dir, ctx, quick=False, log=print, seeds=1):
-    os.makedirs(out_dir, exist_ok=True)
-    seeds = seed_list(seeds)
-    epochs = 5 if quick else 40
-    train, test = make_data(ctx)
-    final = {}   # (depth, act, bn, lr) -> test MSE per seed
-    for seed in seeds:
-        for (depth, act, bn), lr in itertools.product(_configs(), LRS):
-            final.setdefault((depth, act, bn, lr), []).append(
-                float(train_regression(depth, act, bn, lr, 50, epochs, train, test, ctx, seed)[-1]))
-        log(f"lr-sensitivity seed {seed}: {len(_configs()) * len(LRS)} runs done")
+def _lr_grid_mse(final, d, a, bn):
+    """(seeds, lrs) test MSE of one architecture over the learning-rate grid."""
+    return np.array([final[(d, a, bn, lr)] for lr in LRS], dtype=np.float64).T
 
-    def per_seed(d, a, bn):   # (seeds, lrs) test MSE
-        return np.array([final[(d, a, bn, lr)] for lr in LRS], dtype=np.float64).T
 
-    def best(d, a, bn):
-        return list(np.nanmin(per_seed(d, a, bn), axis=1))
-
-    def log_spread(d, a, bn):   # log(worst / best MSE over the lr grid): how much tuning matters
-        m = per_seed(d, a, bn)
-        return list(np.log(np.nanmax(m, axis=1) / np.nanmin(m, axis=1)))
-
+def _lr_sensitivity_figure(final, epochs, n_seeds, path):
     fig, axes = subplots(1, 2, figsize=(13, 5), sharey=True)
     for ax, act in zip(axes, ACTS):
         for d in DEPTHS:
             for bn, style in ((True, "-"), (False, "--")):
-                plot_range(ax, LRS, per_seed(d, act, bn).T, f"{d} hidden, {'BN' if bn else 'no BN'}", style,
-                           geometric=True, marker="o")
+                plot_range(ax, LRS, _lr_grid_mse(final, d, act, bn).T, f"{d} hidden, {'BN' if bn else 'no BN'}",
+                           style, geometric=True, marker="o")
         ax.set(xscale="log", yscale="log", xlabel="learning rate",
-               title=f"{act}, batch 50, {epochs} epochs ({len(seeds)} seed(s): geometric mean, range)")
+               title=f"{act}, batch 50, {epochs} epochs ({n_seeds} seed(s): geometric mean, range)")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("test MSE")
-    save_figure(fig, os.path.join(out_dir, "lr_sensitivity.png"))
+    save_figure(fig, path)
+
+
+def _lr_sensitivity_claims(final, data):
+    def best(d, a, bn):
+        return list(np.nanmin(_lr_grid_mse(final, d, a, bn), axis=1))
+
+    def log_spread(d, a, bn):   # log(worst / best MSE over the lr grid): how much tuning matters
+        m = _lr_grid_mse(final, d, a, bn)
+        return list(np.log(np.nanmax(m, axis=1) / np.nanmin(m, axis=1)))
 
     archs = [(d, a) for d in DEPTHS for a in ACTS]
     more_sensitive = [x for x in archs if spread.exceeds(log_spread(*x, True), log_spread(*x, False))]
@@ -179,8 +172,7 @@ def run_lr_sensitivity(out_dir, ctx, quick=False, log=print, seeds=1):
     gain_by_depth = {d: [float(np.mean(g)) for g in zip(*(gain[(d, a)] for a in ACTS))] for d in DEPTHS}
     tanh_more = [d for d in DEPTHS if spread.exceeds(gain[(d, "tanh")], gain[(d, "sigmoid")])]
     sigmoid_more = [d for d in DEPTHS if spread.exceeds(gain[(d, "sigmoid")], gain[(d, "tanh")])]
-    data = "synthetic regression"
-    claims = [
+    return [
         verdict("BN models are more sensitive to the learning rate (worst/best test MSE over the lr grid is larger)",
                 len(more_sensitive) == len(archs),
                 f"larger with BN by the spread rule in {len(more_sensitive)} of {len(archs)} architectures",
@@ -199,6 +191,22 @@ def run_lr_sensitivity(out_dir, ctx, quick=False, log=print, seeds=1):
                 partly=len(tanh_more) >= len(DEPTHS) // 2, dataset=data,
                 tutorial="tanh gains more than sigmoid (synthetic regression)"),
     ]
+
+
+def run_lr_sensitivity(out_dir, ctx, quick=False, log=print, seeds=1):
+    os.makedirs(out_dir, exist_ok=True)
+    seeds = seed_list(seeds)
+    epochs = 5 if quick else 40
+    train, test = make_data(ctx)
+    final = {}   # (depth, act, bn, lr) -> test MSE per seed
+    for seed in seeds:
+        for (depth, act, bn), lr in itertools.product(_configs(), LRS):
+            final.setdefault((depth, act, bn, lr), []).append(
+                float(train_regression(depth, act, bn, lr, 50, epochs, train, test, ctx, seed)[-1]))
+        log(f"lr-sensitivity seed {seed}: {len(_configs()) * len(LRS)} runs done")
+    _lr_sensitivity_figure(final, epochs, len(seeds), os.path.join(out_dir, "lr_sensitivity.png"))
+    data = "synthetic regression"
+    claims = _lr_sensitivity_claims(final, data)
     log("lr-sensitivity: " + "; ".join(f"{c['verdict']}" for c in claims))
     return StudyResult(
         experiment="lr-sensitivity",
