@@ -13,7 +13,7 @@ from mxnet import nd, sym
 
 from . import tracing
 
-__all__ = ["accepts_every_array_kind", "ops_for", "shape_of", "dtype_of", "dtype_name", "is_np"]
+__all__ = ["accepts_every_array_kind", "constant", "ops_for", "shape_of", "dtype_of", "dtype_name", "is_np"]
 
 
 def is_np(value):
@@ -48,6 +48,11 @@ def accepts_every_array_kind(op):
 def ops_for(X):
     """The operator namespace for X: ``mx.sym`` while tracing, ``mx.nd`` otherwise."""
     return sym if isinstance(X, sym.Symbol) else nd
+
+
+def constant(X):
+    """X with its gradient blocked: a value autograd (or the traced graph) treats as a constant."""
+    return sym.BlockGrad(X) if isinstance(X, sym.Symbol) else X.detach()
 
 
 def shape_of(X, op):

@@ -14,7 +14,7 @@ from mxnet import autograd, nd, sym
 
 from . import tracing
 from ._checks import is_real
-from ._arrays import accepts_every_array_kind, dtype_name, dtype_of, ops_for, shape_of
+from ._arrays import accepts_every_array_kind, constant, dtype_name, dtype_of, ops_for, shape_of
 from .custom_function import Function
 
 # MXNet registers its engine shutdown with atexit when it is imported; handlers
@@ -344,11 +344,14 @@ def _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax):
     """Y = X * scale + shift with per-channel scale = gamma/sqrt(vari+eps), shift = beta - mean*scale.
 
     Composed of ordinary ops so that autograd still differentiates w.r.t. X,
-    gamma and beta in inference mode; the moving statistics are only read.
+    gamma and beta in inference mode; the moving statistics are only read, as
+    constants: they receive no gradient (as with ``nd.BatchNorm``), so updating
+    every array that has a ``.grad`` cannot move them.
     """
     ops = ops_for(X)
     shape = shape_of(X, "batch_norm")
     pre, C, post = three_d_shape(shape, ax)
+    moving_mean, moving_vari = constant(moving_mean), constant(moving_vari)
     scale = gamma * ops.rsqrt(moving_vari + eps)
     shift = beta - moving_mean * scale
     X3 = X.reshape((pre, C, post))
