@@ -11,7 +11,35 @@ import json
 import os
 import tempfile
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_path"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_path", "writable_dir"]
+
+
+def _umask():
+    """The process's umask, read without changing it where Linux shows it (os.umask can only set)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def writable_dir(path, name, error=ValueError):
+    """Create the folder ``path`` if needed and check it can be written; ``error(message)`` names it as
+    ``name`` (the flag the user gave, say) otherwise.  Called before any work whose results go there."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise error(f"{name} {path}: exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise error(f"{name} {path}: cannot create it ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise error(f"{name} {path}: not writable")
+    return path
 
 
 def _fsync_dir(directory):
@@ -36,6 +64,8 @@ def atomic_path(path):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     os.close(fd)
+    # mkstemp makes the file 0600 whatever the umask; results are meant to be shared like any file open() makes
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         with open(tmp, "rb+") as f:

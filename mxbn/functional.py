@@ -12,6 +12,7 @@ import mxnet as mx
 from mxnet import nd, sym
 
 from ._checks import is_integer, is_real
+from .tracing import TracingError
 from ._arrays import accepts_every_array_kind, dtype_of, ops_for, shape_of
 from .batch_norm import BATCH_NORM_IMPLS, batch_norm
 
@@ -211,19 +212,46 @@ def percentiles(X, qs, axis=None):
 
 
 @accepts_every_array_kind
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits, labels, check_labels=False):
     """Mean over the batch of ``-log softmax(logits)[label]``.
 
     Parameters
     ----------
     logits : NDArray, shape (N, K)
     labels : NDArray, shape (N,), integer class indices in [0, K) (any dtype)
+    check_labels : bool, default False
+        Raise ValueError naming the first label that is not an integer in
+        ``0..K-1``.  Reads the labels on the host (a device sync), so it is off
+        by default and not available inside mxbn.jit.
 
-    Uses ``log_softmax`` so large logits do not overflow.
+    Uses ``log_softmax`` so large logits do not overflow.  A label outside
+    ``0..K-1`` or not integral makes the loss NaN (checked on the device, no
+    sync, also inside mxbn.jit) instead of scoring the nearest class as
+    MXNet's ``pick`` would (it clips: 12 would count as class K-1, 2.7 as 2);
+    the trainer's non-finite check then stops, and ``correct_count`` never
+    counts such a label as a hit.
     """
     _check_logits_labels(logits, labels, "softmax_cross_entropy")
+    K = shape_of(logits, "softmax_cross_entropy")[1]
+    if check_labels:
+        _check_label_values(labels, K, "softmax_cross_entropy")
     ops = ops_for(logits)
-    return -ops.mean(ops.pick(ops.log_softmax(logits, axis=1), labels, axis=1))
+    picked = ops.pick(ops.log_softmax(logits, axis=1), labels, axis=1)
+    lab = ops.cast(labels, dtype="float32")
+    valid = (lab >= 0) * (lab < K) * (lab == ops.floor(lab))
+    return -ops.mean(ops.where(valid, picked, ops.ones_like(picked) * float("nan")))
+
+
+def _check_label_values(labels, K, op):
+    if isinstance(labels, sym.Symbol):
+        raise TracingError(f"{op}: check_labels=True reads the labels, which a traced graph cannot; check them "
+                           f"outside mxbn.jit (inside it a bad label makes the loss NaN)")
+    values = labels.asnumpy().astype(np.float64)
+    bad = ~((values >= 0) & (values < K) & (values == np.floor(values)))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{op}: label {values[i]:g} at index {i} is not a class index: labels must be integers "
+                         f"in 0..{K - 1} (one per column of the logits)")
 
 
 @accepts_every_array_kind

@@ -16,7 +16,7 @@ import signal
 import numpy as np
 
 from . import __version__, _runtime
-from .atomic import atomic_write_json, atomic_write_text
+from .atomic import atomic_write_json, atomic_write_text, writable_dir
 from .bn_trace import BNTrace, merge as merge_traces
 from .augment import random_flip_shift
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
@@ -55,14 +55,7 @@ def prepare_out_dir(out_dir, resume=False, overwrite=False):
     """
     if resume and overwrite:
         raise OutDirError("--resume and --overwrite exclude each other")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise OutDirError(f"--out {out_dir}: exists and is not a directory")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise OutDirError(f"--out {out_dir}: cannot create it ({e.strerror})") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise OutDirError(f"--out {out_dir}: not writable")
+    writable_dir(out_dir, "--out", OutDirError)
     if resume or overwrite:
         _remove_stale_temp_files(out_dir)
     existing = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]

@@ -67,7 +67,7 @@ def test_quick_experiments_and_report(tmp_path):
     assert np.all(np.diff(np.array(record["percentiles_unit"]), axis=1) >= 0)   # 15th <= 50th <= 85th
     assert set(paper["drift"]["fashion-mnist"]["unit"]) == {"BN", "no BN"}
     assert "over the second half of training (step 300 to 600): mnist-5k: with BN" in paper["description"]
-    rep = _reproduce("report", "--out", str(runs), "--docs", str(docs), timeout=300)
+    rep = _reproduce("report", "--runs", str(runs), "--docs", str(docs), timeout=300)
     assert rep.returncode == 0, rep.stderr
     text = (docs / "results.md").read_text()
     for name in ALL:
@@ -114,7 +114,9 @@ def test_drift_is_the_medians_move_after_the_first_tenth_in_widths():
 
 
 def test_report_lists_experiments_not_yet_run(tmp_path):
-    path = write_report(str(tmp_path / "runs"), str(tmp_path / "docs"), ["optimizers"], planned=["x"])
+    (tmp_path / "runs" / "init").mkdir(parents=True)   # one study run (a report of none is refused)
+    (tmp_path / "runs" / "init" / "metrics.json").write_text(json.dumps(dict(title="T", dataset="d", claims=[])))
+    path = write_report(str(tmp_path / "runs"), str(tmp_path / "docs"), ["init", "optimizers"], planned=["x"])
     text = open(path).read()
     assert "## Not yet run" in text and "## Not yet reproduced" in text and "`x`" in text
 

@@ -36,3 +36,149 @@ def test_inference_mode_sends_no_gradient_into_the_moving_statistics(kind, impl,
     # X, gamma and beta still get theirs (inference mode is differentiable in them)
     assert np.abs(X.grad.asnumpy()).sum() > 0 and np.abs(g.grad.asnumpy()).sum() > 0
     np.testing.assert_allclose(b.grad.asnumpy(), np.full(3, 6 * 16), rtol=1e-6)
+
+
+BAD_LABELS = [(12.0, "12"), (-1.0, "-1"), (2.7, "2.7")]
+
+
+@pytest.mark.parametrize("bad,shown", BAD_LABELS)
+def test_a_label_outside_the_classes_is_never_scored_as_another_class(bad, shown):
+    """MXNet's pick clips: label 12 was scored as class 9, -1 as 0, 2.7 as 2."""
+    logits = nd.array(np.random.default_rng(0).normal(size=(4, 10)))
+    labels = nd.array([1, bad, 3, 0])
+    assert np.isnan(mxbn.softmax_cross_entropy(logits, labels).asscalar())       # no sync: NaN, not a number
+    assert np.isnan(mxbn.jit(mxbn.softmax_cross_entropy)(logits, labels).asscalar())
+    with pytest.raises(ValueError, match=rf"label {shown} at index 1 .*0\.\.9"):
+        mxbn.softmax_cross_entropy(logits, labels, check_labels=True)
+    # the count agrees with the loss: a bad label is never a hit
+    hits_all_1 = nd.array(np.eye(10)[[1, 9 if bad > 9 else 0 if bad < 0 else 2, 3, 0]] * 5)
+    assert mxbn.correct_count(hits_all_1, labels).asscalar() == 3
+
+
+def test_good_labels_keep_the_same_loss_and_gradient():
+    rng = np.random.default_rng(1)
+    logits, labels = nd.array(rng.normal(size=(8, 10))), nd.array(rng.integers(0, 10, 8))
+    logits.attach_grad()
+    with autograd.record():
+        loss = mxbn.softmax_cross_entropy(logits, labels, check_labels=True)
+    loss.backward()
+    x = logits.asnumpy().astype(np.float64)
+    logp = x - x.max(1, keepdims=True) - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True))
+    y = labels.asnumpy().astype(int)
+    np.testing.assert_allclose(loss.asscalar(), -logp[np.arange(8), y].mean(), rtol=1e-6)
+    expected = (np.exp(logp) - np.eye(10)[y]) / 8
+    np.testing.assert_allclose(logits.grad.asnumpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- #
+# reproduce.py: the report never erases the committed results; bad folders are refused up front
+# --------------------------------------------------------------------------- #
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _reproduce(*args, timeout=300, env=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _fake_run(runs, name, seeds, quick):
+    """A stored study result, as a run of ``name`` with ``seeds`` seeds would leave it."""
+    (runs / name).mkdir(parents=True, exist_ok=True)
+    (runs / name / "fig.png").write_bytes(b"png")
+    claim = dict(claim="c", verdict="partly", reason="r", dataset="d", tutorial="t")
+    (runs / name / "metrics.json").write_text(json.dumps(dict(
+        experiment=name, title="T", dataset="d", datasets=["d"], seeds=list(range(seeds)), quick=quick,
+        claims=[claim], figures=["fig.png"])))
+
+
+def _committed_report(tmp_path, seeds=3, quick=False):
+    """docs/ holding a report made from full ``seeds``-seed runs of two studies."""
+    runs, docs = tmp_path / "full", tmp_path / "docs"
+    for name in ("optimizers", "init"):
+        _fake_run(runs, name, seeds, quick)
+    out = _reproduce("report", "--runs", str(runs), "--docs", str(docs))
+    assert out.returncode == 0, out.stderr
+    return docs, (docs / "results.md").read_text(), sorted(os.listdir(docs / "figures"))
+
+
+@pytest.mark.parametrize("runs", ["missing", "empty"])
+def test_report_with_nothing_to_report_refuses_and_writes_nothing(tmp_path, runs):
+    docs, before, figures = _committed_report(tmp_path)
+    folder = tmp_path / runs
+    if runs == "empty":
+        folder.mkdir()
+    out = _reproduce("report", "--runs", str(folder), "--docs", str(docs))
+    assert out.returncode == 2 and "nothing to report" in out.stderr and str(folder) in out.stderr
+    assert (docs / "results.md").read_text() == before and sorted(os.listdir(docs / "figures")) == figures
+
+
+@pytest.mark.parametrize("seeds,quick,why", [(1, False, "1 seed"), (3, True, "quick")])
+def test_report_from_fewer_seeds_or_quick_runs_needs_force(tmp_path, seeds, quick, why):
+    docs, before, figures = _committed_report(tmp_path)
+    weaker = tmp_path / "weaker"
+    for name in ("optimizers", "init"):
+        _fake_run(weaker, name, seeds, quick)
+    out = _reproduce("report", "--runs", str(weaker), "--docs", str(docs))
+    assert out.returncode == 2 and "--force" in out.stderr and why in out.stderr and "optimizers" in out.stderr
+    assert (docs / "results.md").read_text() == before and sorted(os.listdir(docs / "figures")) == figures
+    forced = _reproduce("report", "--runs", str(weaker), "--docs", str(docs), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert (docs / "results.md").read_text() != before
+
+
+def test_report_that_drops_a_study_needs_force_and_says_what_it_read(tmp_path):
+    docs, before, _ = _committed_report(tmp_path)
+    one = tmp_path / "one"
+    _fake_run(one, "optimizers", 3, False)
+    out = _reproduce("report", "--runs", str(one), "--docs", str(docs))
+    assert out.returncode == 2 and "init" in out.stderr and (docs / "results.md").read_text() == before
+    _fake_run(one, "init", 5, False)   # more seeds than the committed report: no --force needed
+    ok = _reproduce("report", "--runs", str(one), "--docs", str(docs))
+    assert ok.returncode == 0, ok.stderr
+    assert "optimizers: 3 seed(s)" in ok.stdout and "init: 5 seed(s)" in ok.stdout
+
+
+def test_report_names_its_input_folder_runs_not_out(tmp_path):
+    _fake_run(tmp_path / "runs", "optimizers", 1, True)
+    out = _reproduce("report", "--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"))
+    assert out.returncode == 2 and "--runs" in out.stderr and not (tmp_path / "docs").exists()
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd/x", "readonly"])
+def test_reproduce_refuses_an_unusable_out_before_computing(tmp_path, bad):
+    if bad == "readonly":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        bad = tmp_path / "ro"
+        bad.mkdir(mode=0o500)
+    out = _reproduce("batch-size", "--quick", "--out", str(bad), timeout=60)
+    assert out.returncode == 2 and "--out" in out.stderr and "Traceback" not in out.stderr
+    assert "seed 0" not in out.stdout   # refused before the first training run
+
+
+def test_reproduce_accepts_data_dir(tmp_path):
+    out = _reproduce("--help")
+    assert "--data-dir" in out.stdout
+    missing = _reproduce("lenet-bn", "--quick", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert missing.returncode == 2 and "--data-dir" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_result_files_follow_the_umask(tmp_path, umask):
+    """mkstemp makes 0600 files; results are for colleagues too: they get 0666 & ~umask as open() would."""
+    from mxbn.atomic import atomic_path, atomic_write_json
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "m.json", {"a": 1})
+        with atomic_path(tmp_path / "f.png") as tmp:   # the path form (savefig, nd.save) too
+            with open(tmp, "wb") as f:
+                f.write(b"x")
+    finally:
+        os.umask(old)
+    for name in ("m.json", "f.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

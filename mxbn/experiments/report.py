@@ -1,13 +1,18 @@
 """docs/results.md from the experiments' saved metrics (never written by hand)."""
 import datetime
 import os
+import re
 import shutil
 
 from ..atomic import atomic_write_text
 from .result import METRICS_FILE, VERDICTS, StudyResult
 from .spread import DIVERGED_ACCURACY, SPREAD_FACTOR
 
-__all__ = ["write_report", "INTRO"]
+__all__ = ["write_report", "reported_runs", "ReportError", "INTRO"]
+
+
+class ReportError(ValueError):
+    """The report was not written (nothing to report, or it would replace a stronger one)."""
 
 INTRO = """# Reproducing the batch-normalization tutorials
 
@@ -58,19 +63,67 @@ def _summary_table(found):
     return "\n".join(rows)
 
 
-def write_report(runs_dir, docs_dir, names, planned=()):
-    """Write docs_dir/results.md (+ figures in docs_dir/figures) for experiments found in runs_dir."""
-    fig_dir = os.path.join(docs_dir, "figures")
-    os.makedirs(fig_dir, exist_ok=True)
-    parts = [INTRO]
-    missing, found, written = [], [], set()
+def reported_runs(results_md):
+    """{experiment: (seeds, quick)} of the report at ``results_md``, read from its summary table ({} if none)."""
+    if not os.path.exists(results_md):
+        return {}
+    with open(results_md, encoding="utf-8") as f:
+        text = f.read()
+    rows = re.findall(r"^\| \[`([^`]+)`\]\(#[^)]*\) \| [^|]* \| (\d+)( \(quick\))? \|", text, re.M)
+    return {name: (int(seeds), bool(quick)) for name, seeds, quick in rows}
+
+
+def _weaker_than_reported(found, reported):
+    """Why the results ``found`` would make a weaker report than the one ``reported`` (a list; empty if not)."""
+    found = dict(found)
+    reasons = []
+    for name, (seeds, quick) in reported.items():
+        kind = f"{seeds} seed(s){', quick' if quick else ''}"
+        r = found.get(name)
+        if r is None:
+            reasons.append(f"{name}: not among the runs read (the report shows it from {kind})")
+        elif len(r.seeds) < seeds:
+            reasons.append(f"{name}: {len(r.seeds)} seed(s), the report's has {seeds}")
+        elif r.quick and not quick:
+            reasons.append(f"{name}: a quick run, the report's is a full one")
+    return reasons
+
+
+def _read_results(runs_dir, names, log):
+    """([(name, StudyResult)] found in runs_dir, [names missing]), saying what was read."""
+    found, missing = [], []
     for name in names:
-        if not os.path.exists(os.path.join(runs_dir, name, METRICS_FILE)):
+        folder = os.path.join(runs_dir, name)
+        if not os.path.exists(os.path.join(folder, METRICS_FILE)):
             missing.append(name)
             continue
-        found.append((name, StudyResult.load(os.path.join(runs_dir, name), name)))
-    if found:
-        parts.append("## Summary\n\n" + _summary_table(found) + "\n")
+        r = StudyResult.load(folder, name)
+        found.append((name, r))
+        log(f"read {name}: {len(r.seeds)} seed(s){', quick' if r.quick else ''}, from "
+            f"{os.path.join(folder, METRICS_FILE)}")
+    return found, missing
+
+
+def write_report(runs_dir, docs_dir, names, planned=(), force=False, log=print):
+    """Write docs_dir/results.md (+ figures in docs_dir/figures) for experiments found in runs_dir.
+
+    Refuses (ReportError, nothing written) when runs_dir holds no result, and, unless ``force``, when
+    the report would replace one that shows a study from more seeds or a full run with fewer seeds, a
+    quick run, or not at all.
+    """
+    found, missing = _read_results(runs_dir, names, log)
+    if not found:
+        where = "does not exist" if not os.path.isdir(runs_dir) else "holds no study's metrics.json"
+        raise ReportError(f"nothing to report: {runs_dir} {where} (looked for NAME/{METRICS_FILE} for NAME in "
+                          f"{', '.join(names)}); run an experiment first; nothing was written")
+    out = os.path.join(docs_dir, "results.md")
+    reasons = [] if force else _weaker_than_reported(found, reported_runs(out))
+    if reasons:
+        raise ReportError(f"{out} was made from more seeds or full runs than {runs_dir} holds: "
+                          + "; ".join(reasons) + ". Pass --force to replace it anyway; nothing was written")
+    fig_dir = os.path.join(docs_dir, "figures")
+    os.makedirs(fig_dir, exist_ok=True)
+    parts, written = [INTRO, "## Summary\n\n" + _summary_table(found) + "\n"], set()
     for name, r in found:
         parts.append(f'<a id="{name}"></a>\n\n## `{name}`: {r.title}\n')
         if r.description:
@@ -94,6 +147,5 @@ def write_report(runs_dir, docs_dir, names, planned=()):
         parts.append("## Not yet reproduced\n\nThese studies have no experiment in mxbn yet: "
                      + ", ".join(f"`{n}`" for n in planned) + ".\n")
     parts.append(f"_Generated {datetime.date.today().isoformat()}._\n")
-    out = os.path.join(docs_dir, "results.md")
     atomic_write_text(out, "\n".join(parts))
     return out
