@@ -27,7 +27,7 @@ from ..jit import jit
 from ..optim import SGD
 from ..plot import plot_band, save_figure, subplots
 from . import spread
-from .result import StudyResult, verdict
+from .result import StudyResult, describe, verdict
 from .common import AccuracyRecorder, seed_list, study_datasets, train_mlp_iterations
 
 TITLE = "The batch-norm paper's Figure 1: accuracy and a sigmoid's input over training"
@@ -185,18 +185,11 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
         records[data.name] = {("BN" if use_bn else "no BN"): [
             dict(steps=r["steps"], test_acc=r["test_acc"],
                  percentiles_unit=r["bands"][:, :, UNIT].tolist()) for r in runs] for use_bn, runs in results.items()}
-    description = (__doc__.split("\n", 1)[1].strip() + "\n\nChange of the mean test accuracy over the second "
+    description = (describe(__doc__) + "\n\nChange of the mean test accuracy over the second "
                    f"half of training (step {steps // 2} to {steps}): " + "; ".join(settled) + ".")
     result = StudyResult(
-        experiment="bn-paper",
-        title=TITLE,
-        description=description,
-        datasets=list(records),
-        data_source={d.name: d.source for d in datasets},
-        quick=quick,
-        seeds=seeds,
-        claims=claims,
-        figures=figures,
+        experiment="bn-paper", title=TITLE, description=description, datasets=list(records),
+        data_source={d.name: d.source for d in datasets}, quick=quick, seeds=seeds, claims=claims, figures=figures,
         measurements=dict(steps=steps, every=every, percentiles=list(PERCENTILES), unit=UNIT, drift=_json_keys(drifts),
                           records=records))
     return result.save(out_dir)

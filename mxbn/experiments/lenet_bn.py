@@ -15,7 +15,7 @@ from ..optim import SGD
 from ..plot import plot_band, plot_range, save_figure, subplots
 from ..train import TrainingDiverged, fit
 from . import spread
-from .result import StudyResult, verdict
+from .result import StudyResult, describe, verdict
 from .common import seed_list
 
 TITLE = "LeNet with and without batch norm (the MXNet tutorial)"
@@ -128,14 +128,8 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
     final = {key: _accuracies(runs, key, epochs) for key in runs}
     _figures(runs, final, epochs, len(seeds), ds.name, out_dir)
     result = StudyResult(
-        experiment="lenet-bn",
-        title=TITLE,
-        description=__doc__.split("\n", 1)[1].strip(),
-        datasets=[ds.name],
-        data_source=ds.source,
-        quick=quick,
-        seeds=seeds,
-        claims=_claims(runs, final, epochs, len(seeds), ds.name),
+        experiment="lenet-bn", title=TITLE, description=describe(__doc__), datasets=[ds.name], data_source=ds.source,
+        quick=quick, seeds=seeds, claims=_claims(runs, final, epochs, len(seeds), ds.name),
         figures=["bn_vs_nobn.png", "lr_sweep.png"],
         measurements=dict(epochs=epochs, histories=runs,
                           final_test_acc={k: spread.summary(v) for k, v in final.items()}))

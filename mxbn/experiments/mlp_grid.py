@@ -16,7 +16,7 @@ from ..jit import jit
 from ..optim import SGD
 from ..plot import plot_band, save_figure, subplots
 from . import spread
-from .result import StudyResult, verdict
+from .result import StudyResult, describe, verdict
 from .common import AccuracyRecorder, seed_list, study_datasets, train_mlp_iterations
 
 TITLE = "BN in practice: an MLP over weight scale, learning rate and activation"
@@ -133,14 +133,7 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
             f"| {n} | {spread.fmt(final[_key(n, True)]['values'])} | {spread.fmt(final[_key(n, False)]['values'])} |"
             for n in names] + [""]
     result = StudyResult(
-        experiment="mlp-grid",
-        title=TITLE,
-        description=__doc__.split("\n", 1)[1].strip() + "\n\n" + "\n".join(tables),
-        datasets=list(finals),
-        data_source=sources,
-        quick=quick,
-        seeds=seeds,
-        claims=claims,
-        figures=figures,
+        experiment="mlp-grid", title=TITLE, description=describe(__doc__) + "\n\n" + "\n".join(tables),
+        datasets=list(finals), data_source=sources, quick=quick, seeds=seeds, claims=claims, figures=figures,
         measurements=dict(iterations=iterations, final_test_acc=finals, curves=all_curves))
     return result.save(out_dir)

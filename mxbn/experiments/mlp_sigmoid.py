@@ -21,7 +21,7 @@ from ..optim import SGD, Adam
 from ..plot import plot_band, save_figure, subplots
 from ..train import TrainingDiverged, fit
 from . import spread
-from .result import StudyResult, verdict
+from .result import StudyResult, describe, verdict
 from .common import seed_list, study_datasets
 
 TITLE = "Sigmoid MLPs, input scale and batch norm (the NumPy MLP study)"
@@ -150,14 +150,8 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
         f"{spread.fmt(c_final)} vs the best other run {spread.fmt(best_other)} on {full.name}",
         partly=spread.mean(c_final) >= spread.mean(best_other) - 0.01, dataset=full.name, tutorial=TUTORIAL["c"]))
     result = StudyResult(
-        experiment="mlp-sigmoid",
-        title=TITLE,
-        description=__doc__.split("\n", 1)[1].strip(),
-        datasets=[d.name for d in datasets],
-        data_source={d.name: d.source for d in datasets},
-        quick=quick,
-        seeds=seeds,
-        claims=claims,
+        experiment="mlp-sigmoid", title=TITLE, description=describe(__doc__), datasets=[d.name for d in datasets],
+        data_source={d.name: d.source for d in datasets}, quick=quick, seeds=seeds, claims=claims,
         figures=["curves.png"],
         measurements=dict(test_acc_per_epoch=runs, final_test_acc={k: spread.summary(v) for k, v in final.items()}))
     return result.save(out_dir)

@@ -13,7 +13,7 @@ from mxnet import nd
 from ..optim import make_optimizer
 from ..plot import save_figure, subplots
 from . import spread
-from .result import StudyResult, verdict
+from .result import StudyResult, describe, verdict
 from .common import mlp_loss_curves, plot_loss_bands, seed_list, smooth, study_datasets
 
 TITLE = "Optimizers: SGD, Momentum, AdaGrad, Adam"
@@ -88,14 +88,8 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
         final_losses[dataset] = {n: spread.summary(v) for n, v in final.items()}
         loss_curves[dataset] = {n: [c.tolist() for c in cs] for n, cs in curves.items()}
     result = StudyResult(
-        experiment="optimizers",
-        title=TITLE,
-        description=__doc__.split('\n', 1)[1].strip(),
-        datasets=list(final_losses),
-        quick=quick,
-        seeds=seeds,
-        claims=claims,
-        figures=figures,
+        experiment="optimizers", title=TITLE, description=describe(__doc__), datasets=list(final_losses), quick=quick,
+        seeds=seeds, claims=claims, figures=figures,
         measurements=dict(iterations=iterations, trajectories={n: p.tolist() for n, p in paths.items()},
                           y_sign_changes=changes, final_smoothed_loss=final_losses, loss_curves=loss_curves))
     return result.save(out_dir)

@@ -24,7 +24,7 @@ from ..optim import SGD
 from ..train import TrainStep
 from ..plot import plot_range, save_figure, subplots
 from . import spread
-from .result import StudyResult, verdict
+from .result import StudyResult, describe, verdict
 from .common import seed_list
 
 WIDTH, N_TRAIN, N_TEST, NOISE = 32, 1000, 500, 0.1
@@ -123,18 +123,12 @@ def run_batch_size(out_dir, ctx, quick=False, log=print, seeds=1):
                       partly=len(smaller) >= len(archs) // 2, dataset="synthetic regression",
                       tutorial="BN needs batches of at least ~15-30 (synthetic regression)")]
     return StudyResult(
-        experiment="batch-size",
-        title="BN and batch size",
-        description=__doc__.split("\n", 1)[1].strip(),
-        datasets=["synthetic regression"],
-        data_source="generated",
-        quick=quick,
-        seeds=seeds,
-        claims=claims,
+        experiment="batch-size", title="BN and batch size", description=describe(__doc__),
+        datasets=["synthetic regression"], data_source="generated", quick=quick, seeds=seeds, claims=claims,
         figures=["batch_size.png"],
         measurements=dict(epochs=epochs, final_test_mse={k: spread.summary(v) for k, v in final.items()},
                           log_gain={f"{d} hidden, {a}, batch {bs}": spread.summary(log_gain(d, a, bs))
-                  for d in DEPTHS for a in ACTS for bs in (10, 50)})).save(out_dir)
+                                    for d in DEPTHS for a in ACTS for bs in (10, 50)})).save(out_dir)
 
 
 def _lr_grid_mse(final, d, a, bn):
@@ -209,14 +203,8 @@ def run_lr_sensitivity(out_dir, ctx, quick=False, log=print, seeds=1):
     claims = _lr_sensitivity_claims(final, data)
     log("lr-sensitivity: " + "; ".join(f"{c['verdict']}" for c in claims))
     return StudyResult(
-        experiment="lr-sensitivity",
-        title="BN and learning-rate sensitivity",
-        description=__doc__.split("\n", 1)[1].strip(),
-        datasets=[data],
-        data_source="generated",
-        quick=quick,
-        seeds=seeds,
-        claims=claims,
+        experiment="lr-sensitivity", title="BN and learning-rate sensitivity", description=describe(__doc__),
+        datasets=[data], data_source="generated", quick=quick, seeds=seeds, claims=claims,
         figures=["lr_sensitivity.png"],
         measurements=dict(epochs=epochs,
                           final_test_mse={f"{_label(d, a, bn)} | lr {lr}": spread.summary(v)

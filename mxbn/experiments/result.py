@@ -6,13 +6,18 @@ from typing import Any, Dict, List
 
 from ..atomic import atomic_write_json
 
-__all__ = ["StudyResult", "Claim", "verdict", "METRICS_FILE", "VERDICTS"]
+__all__ = ["StudyResult", "Claim", "verdict", "describe", "METRICS_FILE", "VERDICTS"]
 
 METRICS_FILE = "metrics.json"
 VERDICTS = ("reproduced", "partly", "not reproduced")
 
 # A claim's row: {claim, verdict, reason, dataset, tutorial} (plain dicts, as they are stored)
 Claim = Dict[str, Any]
+
+
+def describe(module_doc):
+    """A study's description: its module docstring without the first line (the title)."""
+    return module_doc.split("\n", 1)[1].strip()
 
 
 def verdict(claim, holds, reason, partly=False, dataset=None, tutorial=None):

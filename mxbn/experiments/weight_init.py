@@ -15,7 +15,7 @@ import numpy as np
 from ..optim import SGD
 from ..plot import save_figure, subplots
 from . import spread
-from .result import StudyResult, verdict
+from .result import StudyResult, describe, verdict
 from .common import mlp_loss_curves, plot_loss_bands, seed_list, smooth, study_datasets
 
 TITLE = "Weight initialisation"
@@ -114,14 +114,8 @@ def run(out_dir, ctx, quick=False, log=print, seeds=1):
         final_losses[dataset] = {k: spread.summary(v) for k, v in final.items()}
         loss_curves[dataset] = {k: [c.tolist() for c in cs] for k, cs in curves.items()}
     result = StudyResult(
-        experiment="init",
-        title=TITLE,
-        description=__doc__.split('\n', 1)[1].strip(),
-        datasets=list(final_losses),
-        quick=quick,
-        seeds=seeds,
-        claims=claims,
-        figures=figures,
+        experiment="init", title=TITLE, description=describe(__doc__), datasets=list(final_losses), quick=quick,
+        seeds=seeds, claims=claims, figures=figures,
         measurements=dict(iterations=iterations, activation_stats=stats, final_smoothed_loss=final_losses,
                           loss_curves=loss_curves))
     return result.save(out_dir)
