@@ -7,6 +7,7 @@ the inference path, the traced path and synchronized BN; further normalizations
 (layer, group, instance norm) belong in modules beside this one and reuse it.
 """
 import atexit
+import math
 import numbers
 
 import numpy as np
@@ -155,6 +156,7 @@ class _Described:
     """Shape, dtype and context of a traced Symbol, read like an NDArray's by the checks below."""
 
     def __init__(self, symbol, op):
+        self.symbol = symbol
         self.shape = shape_of(symbol, op)
         self.dtype = dtype_of(symbol, op)
         self.ndim = len(self.shape)
@@ -182,9 +184,10 @@ def check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
             _Described(v, "batch_norm") for v in (X, gamma, beta, moving_mean, moving_vari))
         arrays = {"X": X, "gamma": gamma, "beta": beta,
                   "moving_mean": moving_mean, "moving_vari": moving_vari}
-    if not isinstance(is_training, (bool,)) and not (
+    if not isinstance(is_training, (bool, np.bool_)) and not (
             isinstance(is_training, numbers.Integral) and is_training in (0, 1)):
-        raise TypeError(f"batch_norm: is_training must be a bool, got {is_training!r}")
+        raise TypeError(f"batch_norm: is_training must be a bool, got {is_training!r} "
+                        f"({type(is_training).__name__})")
     if impl not in BATCH_NORM_IMPLS:
         raise ValueError(f"batch_norm: impl must be one of {BATCH_NORM_IMPLS}, got {impl!r}")
     if X.ndim < 2:
@@ -214,8 +217,11 @@ def check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
     if not is_real(momentum) or not 0.0 <= momentum <= 1.0:
         raise ValueError(f"batch_norm: momentum must be a number in [0, 1] (weight of the old "
                          f"moving value), got {momentum!r}")
-    if not is_real(eps) or not eps > 0:
-        raise ValueError(f"batch_norm: eps must be a number > 0, got {eps!r}")
+    if not is_real(eps) or not 0 < eps < math.inf:
+        raise ValueError(f"batch_norm: eps must be a number > 0 and finite, got {eps!r}")
+    if _same_array(moving_mean, moving_vari):
+        raise ValueError("batch_norm: moving_mean and moving_vari are the same array; each statistic needs "
+                         "its own (C,) array (mxbn.init.batch_norm_params makes both)")
     if is_training and X.size // C < 2:
         raise ValueError(
             f"batch_norm: a training batch needs at least 2 values per channel to have a "
@@ -224,14 +230,25 @@ def check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
     return ax
 
 
+def _same_array(a, b):
+    """True when two arguments are one array (one NDArray handle, or one traced graph input)."""
+    if isinstance(a, _Described) or isinstance(b, _Described):
+        return a.symbol.name == b.symbol.name
+    return a is b or a.handle.value == b.handle.value
+
+
 def _check_finite(**arrays):
     for name, value in arrays.items():
         with autograd.pause():
             finite = nd.contrib.isfinite(value.astype("float32"))
             bad = value.size - int(finite.sum().asscalar())
+            negative = int((value < 0).sum().asscalar()) if name == "moving_vari" else 0
         if bad:
             raise ValueError(f"batch_norm: {name} holds {bad} NaN or infinite value(s) "
                              f"(shape {value.shape}); check the input pipeline and the learning rate")
+        if negative:
+            raise ValueError(f"batch_norm: moving_vari holds {negative} negative value(s); a variance is >= 0 "
+                             f"(initialise it to ones, mxbn.init.batch_norm_params)")
 
 
 def three_d_shape(shape, ax):

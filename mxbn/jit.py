@@ -149,6 +149,12 @@ def _leaf_name(i):
     return f"leaf{i}"
 
 
+def _aliases(leaves):
+    """For each leaf, the index of the first leaf that is the same array (its own index if none is)."""
+    first = {}
+    return tuple(first.setdefault(a.handle.value, i) for i, (_, a) in enumerate(leaves))
+
+
 def _op_name_from(exc):
     """Name of the mx.nd operator in an exception's traceback (MXNet generates them as '<string>' functions)."""
     names = [frame.f_code.co_name for frame, _ in traceback.walk_tb(exc.__traceback__)
@@ -178,10 +184,11 @@ class Jitted:
             raise TypeError(f"mxbn.jit: {self.name} got no array argument; nothing to compile")
         ctx = self._context(leaves)
         returns_np = any(isinstance(array, mx.numpy.ndarray) for _, array in leaves)
-        key = (structure, tuple((a.shape, np.dtype(a.dtype).name) for _, a in leaves), ctx)
+        aliases = _aliases(leaves)
+        key = (structure, tuple((a.shape, np.dtype(a.dtype).name) for _, a in leaves), ctx, aliases)
         compiled = self._cache.get(key)
         if compiled is None:
-            compiled = self._cache[key] = self._trace(structure, leaves)
+            compiled = self._cache[key] = self._trace(structure, leaves, aliases)
             self._warn_if_growing()
         return self._run(compiled, leaves, ctx, returns_np)
 
@@ -203,11 +210,14 @@ class Jitted:
                                  f"(.as_in_context({first.context}))")
         return first.context
 
-    def _trace(self, structure, leaves):
+    def _trace(self, structure, leaves, aliases):
         shapes = {_leaf_name(i): a.shape for i, (_, a) in enumerate(leaves)}
         dtypes = {_leaf_name(i): np.dtype(a.dtype).name for i, (_, a) in enumerate(leaves)}
         paths = {_leaf_name(i): path for i, (path, _) in enumerate(leaves)}
         symbols = [sym.var(_leaf_name(i), shape=a.shape, dtype=a.dtype) for i, (_, a) in enumerate(leaves)]
+        # one array passed twice is one graph input (ops that must not alias, such as batch_norm's two
+        # moving statistics, can then tell)
+        symbols = [symbols[j] for j in aliases]
         args, kwargs = _unflatten(structure, symbols)
         with tracing.Trace(shapes, dtypes, paths) as trace:
             try:

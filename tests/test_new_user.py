@@ -182,3 +182,37 @@ def test_result_files_follow_the_umask(tmp_path, umask):
         os.umask(old)
     for name in ("m.json", "f.png"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+# --------------------------------------------------------------------------- #
+# batch_norm's arguments
+# --------------------------------------------------------------------------- #
+def test_batch_norm_refuses_an_infinite_eps():
+    X, g, b, m, v = _bn_inputs()
+    with pytest.raises(ValueError, match="eps must be a number > 0 and finite, got inf"):
+        mxbn.batch_norm(X, g, b, True, m, v, eps=float("inf"))
+
+
+def test_batch_norm_check_finite_refuses_a_negative_moving_variance():
+    X, g, b, m, v = _bn_inputs()
+    v[1] = -0.5
+    with pytest.raises(ValueError, match=r"moving_vari holds 1 negative value"):
+        mxbn.batch_norm(X, g, b, False, m, v, check_finite=True)
+
+
+@pytest.mark.parametrize("jitted", [False, True], ids=["imperative", "jit"])
+def test_batch_norm_refuses_one_array_as_both_moving_statistics(jitted):
+    X, g, b, m, _ = _bn_inputs()
+
+    def f(X, g, b, m, v):
+        return mxbn.batch_norm(X, g, b, True, m, v)
+    with pytest.raises(ValueError, match="moving_mean and moving_vari are the same array"):
+        (mxbn.jit(f) if jitted else f)(X, g, b, m, m)
+
+
+def test_batch_norm_takes_a_numpy_bool_and_names_the_type_it_refuses():
+    X, g, b, m, v = _bn_inputs()
+    expected = mxbn.batch_norm(X, g, b, True, m.copy(), v.copy()).asnumpy()
+    np.testing.assert_array_equal(mxbn.batch_norm(X, g, b, np.bool_(True), m, v).asnumpy(), expected)
+    with pytest.raises(TypeError, match=r"is_training must be a bool, got 'yes' \(str\)"):
+        mxbn.batch_norm(X, g, b, "yes", m, v)
