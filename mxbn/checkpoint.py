@@ -8,6 +8,7 @@ One file, written atomically, so a checkpoint is never half of one thing and
 half of another.
 """
 import json
+import os
 
 import numpy as np
 from mxnet import nd
@@ -36,13 +37,24 @@ def save_checkpoint(path, params, state, opt_state, meta):
         nd.save(tmp, arrays)
 
 
+def _reason(error):
+    """The useful part of MXNet's message: its last line after the last "Check failed: ...:" (MXNet puts
+    a C++ traceback first), e.g. "No such file or directory", "Invalid NDArray file format"."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    last = lines[-1]
+    return last.rsplit(": ", 1)[-1] if "Check failed" in last else last
+
+
 def load_checkpoint(path, ctx):
     """Read a checkpoint onto ``ctx``: dict with params, state, opt_state, meta."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: not a readable mxbn checkpoint (the file is empty)")
     try:
         arrays = nd.load(path)
     except Exception as e:  # MXNetError for garbage, OSError for unreadable files
-        raise CheckpointError(f"{path}: not a readable mxbn checkpoint ({type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+        raise CheckpointError(f"{path}: not a readable mxbn checkpoint ({_reason(e)})") from None
     if not isinstance(arrays, dict) or "meta" not in arrays:
         raise CheckpointError(f"{path}: not an mxbn checkpoint (no 'meta' entry)")
     try:

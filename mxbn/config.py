@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Tuple
 
 from . import _checks as checks
+from ._checks import is_real
 from .context import ContextError, parse_contexts
 from .data import DATASETS
 from .batch_norm import BATCH_NORM_IMPLS
@@ -106,6 +107,12 @@ class TrainConfig:
             raise ConfigError("bn_impl 'scratch' with graph 'imperative' cannot run on several CPU contexts "
                               "(its BLAS reductions would run concurrently, which hangs MXNet's OpenBLAS); use "
                               "graph 'static' or bn_impl 'fused'")
+        self._check_ranges()
+        self._check_schedule()
+        self._check_used()
+        return self
+
+    def _check_ranges(self):
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         _positive_float("lr", self.lr)
@@ -114,20 +121,42 @@ class TrainConfig:
         _in_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         _in_range("bn_momentum", self.bn_momentum, 0.0, 1.0)
         _in_range("weight_decay", self.weight_decay, 0.0, math.inf, hi_open=True)
-        _in_range("warmup_epochs", self.warmup_epochs, 0.0, self.epochs, hi_open=True)
         _non_negative_int("seed", self.seed)
         _non_negative_int("max_shift", self.max_shift)
+        if self.max_shift > MAX_SHIFT:
+            raise ConfigError(f"max_shift ({flag_of('max_shift')}) must be in 0..{MAX_SHIFT} pixels: a shift of "
+                              f"half the 28-pixel image or more leaves less than half of it; got {self.max_shift}")
         for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        if self.lr_schedule == "step":
-            if not self.lr_step_epochs:
-                raise ConfigError("lr_schedule 'step' needs lr_step_epochs (e.g. --lr-steps 10,15)")
-            for e in self.lr_step_epochs:
-                if not isinstance(e, int) or not 0 < e < self.epochs:
-                    raise ConfigError(f"lr_step_epochs must be epochs in 1..{self.epochs - 1}, got "
-                                      f"{list(self.lr_step_epochs)}")
-        return self
+
+    def _check_schedule(self):
+        """The warm-up and the step epochs lie within the run (bounds named by --epochs' value)."""
+        if not (is_real(self.warmup_epochs) and 0.0 <= self.warmup_epochs < self.epochs):
+            raise ConfigError(f"warmup_epochs ({flag_of('warmup_epochs')}) must be at least 0 and less than "
+                              f"--epochs {self.epochs}, got {self.warmup_epochs!r}")
+        if self.lr_schedule != "step":
+            return
+        flag = flag_of("lr_step_epochs")
+        if not self.lr_step_epochs:
+            raise ConfigError(f"lr_schedule 'step' needs lr_step_epochs ({flag}, e.g. {flag} 10,15)")
+        if self.epochs < 2:
+            raise ConfigError(f"lr_step_epochs ({flag}) are epochs after which the rate drops, before the last "
+                              f"one: they need --epochs {self.epochs} to be at least 2")
+        for e in self.lr_step_epochs:
+            if not isinstance(e, int) or not 0 < e < self.epochs:
+                raise ConfigError(f"lr_step_epochs ({flag}) must be epochs in 1..{self.epochs - 1} (before the "
+                                  f"last of --epochs {self.epochs}), got {list(self.lr_step_epochs)}")
+
+    def _check_used(self):
+        """An option that the others make inert is an error, not silently ignored."""
+        inert = [("max_shift", not self.augment, "--augment"),
+                 ("lr_step_epochs", self.lr_schedule != "step", "--lr-schedule step"),
+                 ("momentum", self.optimizer != "momentum", "--optimizer momentum")]
+        for name, unused, needs in inert:
+            if unused and getattr(self, name) != _DEFAULTS[name]:
+                raise ConfigError(f"{flag_of(name)} applies only with {needs}; it would be ignored here "
+                                  f"(leave it out, or add {needs})")
 
     def optimizer_options(self):
         """(name, lr, weight_decay, {hyperparameter: value}) for ``optim.make_optimizer``: of the
@@ -196,6 +225,16 @@ def cli_options():
 def config_from_options(values):
     """TrainConfig from ``{field: value}`` as the flags of ``cli_options`` give them (not validated)."""
     return TrainConfig(**{o.field: values[o.field] for o in cli_options()})
+
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+MAX_SHIFT = 13   # pixels: less than half a 28x28 image
+
+
+def flag_of(name):
+    """The command-line flag of a TrainConfig field (``use_bn`` -> ``--no-bn``)."""
+    meta = next(f.metadata for f in fields(TrainConfig) if f.name == name)
+    return meta["flag"] or "--" + name.replace("_", "-")
 
 
 def _one_of(name, value, allowed):

@@ -96,8 +96,8 @@ def probe_context(ctx):
     return None
 
 
-def resolve_context(spec, warn=print, num_gpus=_num_gpus, probe=probe_context):
-    """The context to train on, resolved once and passed down.
+def resolve_context(spec, warn=print, num_gpus=_num_gpus, probe=probe_context, task="training"):
+    """The context to run on, resolved once and passed down (``task`` names the work in the warning).
 
     * ``"gpu"``: GPU 0 if MXNet sees one and a probe kernel runs there; otherwise
       the CPU, after one warning (through ``warn``) saying why.
@@ -119,11 +119,11 @@ def resolve_context(spec, warn=print, num_gpus=_num_gpus, probe=probe_context):
         return mx.gpu(index)
     if n == 0:
         warn(f"warning: --ctx gpu requested but MXNet sees no GPU ({_build_note()}); "
-             f"training on the CPU instead")
+             f"{task} on the CPU instead")
         return mx.cpu()
     reason = probe(mx.gpu(0))
     if reason:
-        warn(f"warning: --ctx gpu requested but {reason}. {_GPU_HINT} Training on the CPU instead")
+        warn(f"warning: --ctx gpu requested but {reason}. {_GPU_HINT} {task.capitalize()} on the CPU instead")
         return mx.cpu()
     return mx.gpu(0)
 

@@ -79,7 +79,7 @@ def load_image(path):
 
 def classify_images(checkpoint, paths, ctx_spec="cpu", log=print):
     """One :class:`Prediction` per path; a bad checkpoint raises CheckpointError before any file is read."""
-    ctx = resolve_context(ctx_spec, warn=log)
+    ctx = resolve_context(ctx_spec, warn=log, task="predicting")
     ckpt, config = load_lenet_checkpoint(checkpoint, ctx)
     names = DATASETS[config.dataset].class_names
     net = make_net(config)

@@ -241,9 +241,10 @@ def _resume(ckpt_path, config, ctx, params, state, log):
     check_compatible(ckpt_path, params, ckpt["params"], "parameters")
     check_compatible(ckpt_path, state, ckpt["state"], "batch-norm statistics")
     start = ckpt["meta"]["position"]
-    log(f"resuming from {ckpt_path} at epoch {start['epoch'] + 1}, batch {start['batch'] + 1}")
     if start["epoch"] >= config.epochs:
-        log(f"nothing to do: the checkpoint has {start['epoch']} epoch(s), --epochs is {config.epochs}")
+        log(f"nothing to do: {ckpt_path} has {start['epoch']} finished epoch(s), --epochs is {config.epochs}")
+    else:
+        log(f"resuming from {ckpt_path} at epoch {start['epoch'] + 1}, batch {start['batch'] + 1}")
     return ckpt["params"], ckpt["state"], ckpt["opt_state"], ckpt["meta"]["history"], start
 
 
@@ -388,13 +389,20 @@ def _prefixed(log, prefix):
 
 def eval_checkpoint(path, ctx_spec="gpu", data_dir=None, log=print):
     """Evaluate a checkpoint on its dataset's test split; returns (loss, accuracy, recorded accuracy)."""
-    ctx = resolve_context(ctx_spec, warn=log)
+    ctx = resolve_context(ctx_spec, warn=log, task="evaluating")
     ckpt, config = load_lenet_checkpoint(path, ctx)
     dataset = load_dataset(config.dataset, data_dir or config.data_dir)
     X, y = to_device(dataset.test_images, dataset.test_labels, ctx, config.limit_test)
     net = make_net(config)
     loss, acc = evaluate(net, ckpt["params"], ckpt["state"], X, y, config.batch_size)
-    recorded = ckpt["meta"]["history"][-1]["test_acc"] if ckpt["meta"]["history"] else float("nan")
-    log(f"{path}: epoch {ckpt['meta']['epoch']}, test loss {loss:.4f}, test accuracy {acc:.4f} "
-        f"(recorded {recorded:.4f}) on {X.shape[0]} {dataset.name} test images")
+    history, position = ckpt["meta"]["history"], ckpt["meta"]["position"]
+    recorded = history[-1]["test_acc"] if history else float("nan")
+    if position["batch"]:
+        when = (f"written mid-epoch: epoch {position['epoch'] + 1} after batch {position['batch']}, "
+                + (f"the last finished epoch {len(history)} recorded {recorded:.4f}" if history
+                   else "no epoch finished yet"))
+    else:
+        when = f"epoch {position['epoch']}, recorded {recorded:.4f}"
+    log(f"{path}: test loss {loss:.4f}, test accuracy {acc:.4f} ({when}) on {X.shape[0]} {dataset.name} "
+        f"test images")
     return loss, acc, recorded

@@ -216,3 +216,114 @@ def test_batch_norm_takes_a_numpy_bool_and_names_the_type_it_refuses():
     np.testing.assert_array_equal(mxbn.batch_norm(X, g, b, np.bool_(True), m, v).asnumpy(), expected)
     with pytest.raises(TypeError, match=r"is_training must be a bool, got 'yes' \(str\)"):
         mxbn.batch_norm(X, g, b, "yes", m, v)
+
+
+# --------------------------------------------------------------------------- #
+# unreadable checkpoints: the useful line of MXNet's message
+# --------------------------------------------------------------------------- #
+def _a_checkpoint(path):
+    from mxbn import models
+    from mxbn.checkpoint import save_checkpoint
+    from mxbn.optim import SGD
+    params, state = models.lenet_params(mx.cpu(), seed=0)
+    save_checkpoint(str(path), params, state, SGD().init(params), dict(config={}, history=[]))
+    return path
+
+
+@pytest.mark.parametrize("kind,reason", [("missing", "No such file or directory"), ("empty", "is empty"),
+                                         ("truncated", "Invalid NDArray file format"),
+                                         ("png", "Invalid NDArray file format")])
+def test_unreadable_checkpoint_says_why(tmp_path, kind, reason):
+    from mxbn.checkpoint import CheckpointError, load_checkpoint
+    path = tmp_path / "checkpoint.params"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        data = _a_checkpoint(tmp_path / "full.params").read_bytes()
+        path.write_bytes(data[:7])
+    elif kind == "png":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(path), mx.cpu())
+    assert reason in str(err.value) and "Traceback" not in str(err.value) and str(path) in str(err.value)
+
+
+# --------------------------------------------------------------------------- #
+# train_cnn.py's options: bounded, never silently ignored, messages that name the flags
+# --------------------------------------------------------------------------- #
+from mxbn.config import ConfigError, TrainConfig  # noqa: E402
+
+
+@pytest.mark.parametrize("options,says", [
+    (dict(augment=True, max_shift=40), ["--max-shift", "0..13"]),
+    (dict(max_shift=3), ["--max-shift", "--augment"]),
+    (dict(lr_step_epochs=(2,), epochs=4), ["--lr-steps", "--lr-schedule step"]),
+    (dict(optimizer="sgd", momentum=0.5), ["--momentum", "--optimizer momentum"]),
+    (dict(epochs=1, lr_schedule="step", lr_step_epochs=(1,)), ["--lr-steps", "--epochs 1", "at least 2"]),
+    (dict(epochs=1, warmup_epochs=1.0), ["--warmup-epochs", "--epochs 1"]),
+])
+def test_options_out_of_bounds_or_ignored_are_refused_naming_the_flags(options, says):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(ctx="cpu", **options).validate()
+    for text in says:
+        assert text in str(err.value), (text, str(err.value))
+    assert "1..0" not in str(err.value) and "use_bn" not in str(err.value)
+
+
+def test_the_defaults_and_used_options_still_validate():
+    TrainConfig(ctx="cpu").validate()
+    TrainConfig(ctx="cpu", augment=True, max_shift=13).validate()
+    TrainConfig(ctx="cpu", optimizer="momentum", momentum=0.5).validate()
+    TrainConfig(ctx="cpu", epochs=4, lr_schedule="step", lr_step_epochs=(2, 3)).validate()
+
+
+# --------------------------------------------------------------------------- #
+# what the trainer says: messages that are true
+# --------------------------------------------------------------------------- #
+from helpers import make_idx_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_idx_dataset(tmp_path_factory.mktemp("tiny"), n_train=256, n_test=64)
+
+
+def _train(tiny, out, log=lambda *_: None, **kw):
+    from mxbn.run import train_cnn
+    options = dict(ctx="cpu", data_dir=tiny, epochs=1, batch_size=64, seed=0)
+    options.update(kw)
+    return train_cnn(TrainConfig(**options), str(out), log=log, progress=False)
+
+
+def test_cpu_fallback_names_the_work_it_does():
+    from mxbn.context import resolve_context
+    seen = []
+    resolve_context("gpu", warn=seen.append, num_gpus=lambda: 0, task="predicting")
+    assert "predicting on the CPU" in seen[0] and "training" not in seen[0]
+    from mxbn import predict
+    import inspect
+    assert 'task="predicting"' in inspect.getsource(predict)
+
+
+def test_eval_only_on_a_mid_epoch_checkpoint_says_so(tiny, tmp_path):
+    from mxbn.checkpoint import load_checkpoint, save_checkpoint
+    from mxbn.run import eval_checkpoint
+    _train(tiny, tmp_path / "run")
+    path = str(tmp_path / "run" / "checkpoint.params")
+    ckpt = load_checkpoint(path, mx.cpu())
+    meta = dict(ckpt["meta"], position=dict(epoch=0, batch=2), history=[], epoch=0)
+    save_checkpoint(path, ckpt["params"], ckpt["state"], ckpt["opt_state"], meta)   # as an interruption leaves it
+    lines = []
+    eval_checkpoint(path, "cpu", tiny, log=lines.append)
+    assert "mid-epoch: epoch 1 after batch 2" in lines[-1] and "no epoch finished" in lines[-1]
+    assert "nan" not in lines[-1] and "epoch 0" not in lines[-1]
+
+
+def test_resume_with_nothing_left_says_only_that(tiny, tmp_path):
+    _train(tiny, tmp_path / "run")
+    lines = []
+    from mxbn.run import train_cnn
+    train_cnn(TrainConfig(ctx="cpu", data_dir=tiny, epochs=1, batch_size=64), str(tmp_path / "run"), resume=True,
+              log=lines.append, progress=False)
+    assert any("nothing to do" in line for line in lines)
+    assert not any("resuming" in line and "epoch 2" in line for line in lines)
