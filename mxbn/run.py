@@ -6,6 +6,7 @@ Joins the pieces: context, seeding, data, model, optimizer, LR schedule and
 ``confusion.png`` and ``predictions.png`` into the output folder,
 each atomically.
 """
+import contextlib
 import csv
 import functools
 import io
@@ -30,7 +31,7 @@ from .parallel import (DataParallelStep, across_devices, create_kvstore, fingerp
 from .predict import load_lenet_checkpoint, make_net
 from .plot import plot_bn_trace, plot_confusion, plot_history, plot_predictions
 from .seeding import seed_everything
-from .train import confusion_matrix, evaluate, fit, predict
+from .train import HISTORY_COLUMNS, confusion_matrix, evaluate, fit, predict
 
 __all__ = ["train_cnn", "eval_checkpoint", "prepare_out_dir", "make_lr_schedule",
            "RUN_FILES", "OutDirError"]
@@ -47,11 +48,19 @@ class OutDirError(ConfigError):
     """--out cannot be used as asked (not writable, or holds another run)."""
 
 
-def prepare_out_dir(out_dir, resume=False, overwrite=False):
-    """Create ``out_dir`` or check it may be used; never deletes anything.
+def run_files(config):
+    """The files of RUN_FILES a run with ``config`` writes (the BN trace only with trace_bn)."""
+    return tuple(f for f in RUN_FILES if config.trace_bn or f not in (BN_TRACE, "bn_trace.png"))
+
+
+def prepare_out_dir(out_dir, resume=False, overwrite=False, writes=RUN_FILES):
+    """Create ``out_dir`` or check it may be used.
 
     A folder that already holds a run is refused unless ``resume`` (continue it)
-    or ``overwrite`` (its files are replaced as the new run writes them).
+    or ``overwrite`` (its files are replaced as the new run writes them; those
+    of mxbn's files the new run will not write, ``writes`` says which it will,
+    are removed now, so that none of the old run is left beside the new one).
+    Nothing else is ever deleted.
     """
     if resume and overwrite:
         raise OutDirError("--resume and --overwrite exclude each other")
@@ -65,7 +74,24 @@ def prepare_out_dir(out_dir, resume=False, overwrite=False):
     if existing and not (resume or overwrite):
         raise OutDirError(f"--out {out_dir} already holds a run ({', '.join(existing)}); pass --resume "
                           f"to continue it, --overwrite to replace it, or choose another --out")
+    if overwrite:
+        for name in existing:
+            if name not in writes:
+                os.remove(os.path.join(out_dir, name))
     return out_dir
+
+
+def _remove_failed_out(out_dir):
+    """After a run that failed before its first checkpoint in a folder it created: remove what it wrote
+    (mxbn's files only) and the folder if that leaves it empty."""
+    if os.path.exists(os.path.join(out_dir, CHECKPOINT)):
+        return
+    _remove_stale_temp_files(out_dir)
+    for name in RUN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(out_dir)   # only if empty
 
 
 def _remove_stale_temp_files(out_dir):
@@ -101,18 +127,21 @@ def make_lr_schedule(config, iters_per_epoch):
 
 
 def _history_csv(history):
+    # one column order whatever the entries' (a resumed run's come back from JSON sorted)
+    columns = [c for c in HISTORY_COLUMNS if c in history[0]] + sorted(set(history[0]) - set(HISTORY_COLUMNS))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     return buf.getvalue()
 
 
-def _write_results(out_dir, config, dataset, ctx, history, workers=1):
+def _write_results(out_dir, config, dataset, ctx, history, workers=1, threads_per_part=()):
     best = max(history, key=lambda h: h["test_acc"])
     metrics = dict(
         mxbn_version=__version__, config=config.to_dict(), dataset=dataset.name, data_source=dataset.source,
-        context=str(ctx), workers=workers, threads=_runtime.thread_settings(), history=history,
+        context=str(ctx), workers=workers, threads=_runtime.thread_settings(),
+        threads_per_part=list(threads_per_part), history=history,
         final=dict(epoch=history[-1]["epoch"], test_acc=history[-1]["test_acc"],
                    test_loss=history[-1]["test_loss"], train_acc=history[-1]["train_acc"]),
         best=dict(epoch=best["epoch"], test_acc=best["test_acc"]))
@@ -245,27 +274,46 @@ def _resume(ckpt_path, config, ctx, params, state, log):
         log(f"nothing to do: {ckpt_path} has {start['epoch']} finished epoch(s), --epochs is {config.epochs}")
     else:
         log(f"resuming from {ckpt_path} at epoch {start['epoch'] + 1}, batch {start['batch'] + 1}")
-    return ckpt["params"], ckpt["state"], ckpt["opt_state"], ckpt["meta"]["history"], start
+    parts = ckpt["meta"].get("threads_per_part", [])
+    then, now = (parts[-1]["threads"] if parts else None), _runtime.thread_settings()["in_force"]
+    if then is not None and then != now:
+        changed = ", ".join(f"{k} {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(then) | set(now))
+                            if then.get(k) != now.get(k))
+        log(f"warning: resuming with other thread settings than the checkpoint was written with ({changed}); "
+            f"the resumed run is then not bit-for-bit the one an uninterrupted run would give")
+    return ckpt["params"], ckpt["state"], ckpt["opt_state"], ckpt["meta"]["history"], start, parts
+
+
+def _threads_part(start):
+    """This session's entry of ``threads_per_part``: where it starts and the thread settings in force."""
+    return dict(from_epoch=start["epoch"] + 1 if start else 1, from_batch=start["batch"] if start else 0,
+                threads=_runtime.thread_settings()["in_force"])
 
 
 class _RunFiles:
     """What ``fit``'s epoch-end and interruption hooks write: the checkpoint of the (in-place updated)
     params/state/opt_state and the results files; only the primary worker writes."""
 
-    def __init__(self, out_dir, config, dataset, devices, workers, primary, params, state, opt_state, log):
+    def __init__(self, out_dir, config, dataset, devices, workers, primary, params, state, opt_state, log,
+                 threads_per_part):
         self.out_dir, self.config, self.dataset, self.devices, self.workers = out_dir, config, dataset, devices, workers
         self.primary, self.params, self.state, self.opt_state, self.log = primary, params, state, opt_state, log
+        self.threads_per_part = threads_per_part
         self.ckpt_path = os.path.join(out_dir, CHECKPOINT)
 
     def save(self, position, history):
         meta = dict(mxbn_version=__version__, config=self.config.to_dict(), position=position, history=history,
-                    epoch=position["epoch"], model="lenet")
+                    epoch=position["epoch"], model="lenet", threads_per_part=self.threads_per_part)
         save_checkpoint(self.ckpt_path, self.params, self.state, self.opt_state, meta)
 
     def on_epoch_end(self, epoch, history):
         if self.primary:
             self.save(dict(epoch=epoch, batch=0), history)
-            _write_results(self.out_dir, self.config, self.dataset, self.devices, history, self.workers)
+            self.write_results(history)
+
+    def write_results(self, history):
+        return _write_results(self.out_dir, self.config, self.dataset, self.devices, history, self.workers,
+                              self.threads_per_part)
 
     def on_interrupt(self, position, history):
         if self.primary:
@@ -309,7 +357,7 @@ def _log_fingerprint(step, params, contexts, log):
 def _finish(files, history, net, test, trace):
     """The primary's files after training: metrics, evaluation, pictures, the BN trace; returns the metrics."""
     config, dataset, out_dir = files.config, files.dataset, files.out_dir
-    metrics = _write_results(out_dir, config, dataset, files.devices, history, files.workers)
+    metrics = files.write_results(history)
     evaluation = evaluate_predictions(net, files.params, files.state, test, dataset.name, config.batch_size)
     atomic_write_json(os.path.join(out_dir, EVALUATION), evaluation)
     draw_pictures(out_dir, evaluation, dataset.test_images[:config.limit_test],
@@ -339,12 +387,25 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
     primary = rank == 0
     if not primary:
         log = _prefixed(log, f"[worker {rank}] ")
-    ctx, devices = contexts[0], ",".join(map(str, contexts))
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    created = primary and not os.path.exists(out_dir)
     if primary:
-        prepare_out_dir(out_dir, resume, overwrite)
+        prepare_out_dir(out_dir, resume, overwrite, writes=run_files(config))
     elif resume and not os.path.exists(ckpt_path):
         raise OutDirError(f"--resume: worker {rank} cannot read {ckpt_path}; every worker needs the checkpoint")
+    try:
+        return _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, rank, workers)
+    except BaseException:
+        if created:
+            _remove_failed_out(out_dir)
+        raise
+
+
+def _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, rank, workers):
+    """train_cnn once its folder is ready: data, model, fit, the files."""
+    primary = rank == 0
+    ctx, devices = contexts[0], ",".join(map(str, contexts))
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
     log("config: " + json.dumps(config.to_dict(), sort_keys=True))
     log(f"threads: {_runtime.thread_settings()['in_force']}")
     if kv is not None:
@@ -353,12 +414,13 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
             + (", batch norm synchronized across devices" if config.bn_sync else ""))
     seed_everything(config.seed)
     dataset, train, test, params, state, optimizer, schedule = _build(config, ctx, log, rank, workers)
-    opt_state, start, history = optimizer.init(params), None, []
+    opt_state, start, history, parts = optimizer.init(params), None, [], []
     if resume:
-        params, state, opt_state, history, start = _resume(ckpt_path, config, ctx, params, state, log)
+        params, state, opt_state, history, start, parts = _resume(ckpt_path, config, ctx, params, state, log)
+    parts = parts + [_threads_part(start)]
     if primary:
         atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
-    files = _RunFiles(out_dir, config, dataset, devices, workers, primary, params, state, opt_state, log)
+    files = _RunFiles(out_dir, config, dataset, devices, workers, primary, params, state, opt_state, log, parts)
     net = make_net(config)
     step = _data_parallel_step(config, net, contexts, params, state, optimizer, opt_state, kv)
     augment = (functools.partial(random_flip_shift, max_shift=config.max_shift) if config.augment else None)

@@ -236,6 +236,11 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
     return history
 
 
+# The columns of an epoch's history entry, in the order metrics.csv shows them.
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "train_seconds",
+                   "images_per_sec", "samples", "dropped", "skipped", "resumed_at_batch")
+
+
 def _epoch_record(epoch, lr, sums, test_loss, test_acc, seconds, train_seconds, dropped, resumed):
     """The history entry of one finished epoch (one host read of the running sums)."""
     train_loss, train_acc = sums.means()

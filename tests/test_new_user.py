@@ -327,3 +327,55 @@ def test_resume_with_nothing_left_says_only_that(tiny, tmp_path):
               log=lines.append, progress=False)
     assert any("nothing to do" in line for line in lines)
     assert not any("resuming" in line and "epoch 2" in line for line in lines)
+
+
+def _csv_header(out):
+    return (out / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_metrics_csv_keeps_its_column_order_after_resume(tiny, tmp_path):
+    out = tmp_path / "run"
+    _train(tiny, out)
+    header = _csv_header(out)
+    assert header.startswith("epoch,lr,train_loss")
+    from mxbn.run import train_cnn
+    train_cnn(TrainConfig(ctx="cpu", data_dir=tiny, epochs=2, batch_size=64), str(out), resume=True,
+              log=lambda *_: None, progress=False)
+    assert _csv_header(out) == header
+
+
+def test_overwrite_removes_the_old_runs_files_the_new_run_does_not_write(tiny, tmp_path):
+    out = tmp_path / "run"
+    _train(tiny, out, trace_bn=True)
+    (out / "notes.txt").write_text("mine")
+    assert (out / "bn_trace.json").exists() and (out / "bn_trace.png").exists()
+    from mxbn.run import train_cnn
+    train_cnn(TrainConfig(ctx="cpu", data_dir=tiny, epochs=1, batch_size=64), str(out), overwrite=True,
+              log=lambda *_: None, progress=False)
+    assert not (out / "bn_trace.json").exists() and not (out / "bn_trace.png").exists()
+    assert (out / "notes.txt").read_text() == "mine"     # not mxbn's: kept
+
+
+def test_a_failed_run_leaves_no_empty_out_behind(tiny, tmp_path):
+    from mxbn.run import train_cnn
+    out = tmp_path / "new"
+    with pytest.raises(ConfigError, match="larger than the training set"):
+        train_cnn(TrainConfig(ctx="cpu", data_dir=tiny, batch_size=100000), str(out), log=lambda *_: None,
+                  progress=False)
+    assert not out.exists()
+
+
+def test_resume_with_other_threads_warns_and_records_every_part(tiny, tmp_path, monkeypatch):
+    from mxbn.run import train_cnn
+    out = tmp_path / "run"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    _train(tiny, out)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    lines = []
+    metrics = train_cnn(TrainConfig(ctx="cpu", data_dir=tiny, epochs=2, batch_size=64), str(out), resume=True,
+                        log=lines.append, progress=False)
+    warning = [line for line in lines if "OMP_NUM_THREADS" in line and "warning" in line]
+    assert warning and "'2'" in warning[0] and "'1'" in warning[0] and "bit" in warning[0]
+    parts = metrics["threads_per_part"]
+    assert [p["from_epoch"] for p in parts] == [1, 2]
+    assert [p["threads"]["OMP_NUM_THREADS"] for p in parts] == ["2", "1"]
