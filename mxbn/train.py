@@ -5,6 +5,7 @@ function, the parameters, state and optimizer state, device-resident data, and
 returns the history.  Checkpoints, metrics and plots are written by the caller
 from ``on_epoch_end``.
 """
+import collections
 import math
 import time
 
@@ -25,6 +26,12 @@ __all__ = ["fit", "evaluate", "predict", "confusion_matrix", "loss_and_correct",
 # sync point; without any, Python would queue the whole epoch on MXNet's
 # asynchronous engine and hold every batch's activations in memory at once.
 SYNC_EVERY = 50
+# Batches Python may run ahead of the device between sync points.  Python's
+# signal handlers run only when the main thread is back in Python code, so
+# without a bound a Ctrl-C waits until the next sync point (up to SYNC_EVERY
+# batches); waiting for the loss of the batch this many back keeps the device
+# busy (these batches stay queued) and lets a stop be seen within a few batches.
+RUN_AHEAD = 2
 
 
 class TrainingDiverged(RuntimeError):
@@ -312,6 +319,7 @@ class _EpochLoop:
         iteration = epoch * len(batches)
         lr = None
         bar = _progress_bar(len(batches), epoch, self.num_epochs, sums.first) if self.progress else None
+        in_flight = collections.deque()
         for b in range(sums.first, len(batches)):
             X, y = batches[b]
             if self.augment is not None:
@@ -325,6 +333,9 @@ class _EpochLoop:
             if self.after_step is not None:
                 self.after_step(iteration + b + 1, self.params, self.state)
             sums.add(b, loss, batch_correct, X.shape[0])
+            in_flight.append(loss)
+            if len(in_flight) > RUN_AHEAD:
+                in_flight.popleft().wait_to_read()   # a bounded lag, not a sync: see RUN_AHEAD
             last = b + 1 == len(batches)
             at_sync = (b + 1) % SYNC_EVERY == 0 or last
             stop = self._check(sums, epoch, b, at_sync, lr)

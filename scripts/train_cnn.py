@@ -11,14 +11,19 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import mxbn  # noqa: E402,F401  (prepares numpy/threads before mxnet loads)
-from mxbn.checkpoint import CheckpointError  # noqa: E402
-from mxbn.config import ConfigError, cli_options, config_from_options  # noqa: E402
-from mxbn.context import ContextError  # noqa: E402
-from mxbn.data import DataError  # noqa: E402
-from mxbn.parallel import KVStoreError  # noqa: E402
-from mxbn.run import eval_checkpoint, train_cnn  # noqa: E402
-from mxbn.train import TrainingDiverged, TrainingInterrupted  # noqa: E402
+try:
+    import mxbn  # noqa: E402,F401  (prepares numpy/threads before mxnet loads)
+    from mxbn.checkpoint import CheckpointError  # noqa: E402
+    from mxbn.config import ConfigError, cli_options, config_from_options  # noqa: E402
+    from mxbn.context import ContextError  # noqa: E402
+    from mxbn.data import DataError  # noqa: E402
+    from mxbn.parallel import KVStoreError  # noqa: E402
+    from mxbn.run import eval_checkpoint, train_cnn  # noqa: E402
+    from mxbn.train import TrainingDiverged, TrainingInterrupted  # noqa: E402
+except KeyboardInterrupt:   # Ctrl-C while MXNet loads: one line, not a traceback
+    print("interrupted during start-up; nothing was written", file=sys.stderr)
+    sys.exit(130)
+
 
 def int_list(text):
     try:
@@ -90,4 +95,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:   # before training installs its own handler (data loading, tracing)
+        print("interrupted before training started; nothing to resume", file=sys.stderr)
+        sys.exit(130)

@@ -379,3 +379,17 @@ def test_resume_with_other_threads_warns_and_records_every_part(tiny, tmp_path, 
     parts = metrics["threads_per_part"]
     assert [p["from_epoch"] for p in parts] == [1, 2]
     assert [p["threads"]["OMP_NUM_THREADS"] for p in parts] == ["2", "1"]
+
+
+@pytest.mark.parametrize("after", [0.5, 1.5, 3.0])
+def test_ctrl_c_during_start_up_is_one_line(tiny, tmp_path, after):
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "train_cnn.py"), "--ctx", "cpu",
+                             "--data-dir", tiny, "--epochs", "50", "--out", str(tmp_path / "run"), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
