@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from _cli import HelpFormatter  # noqa: E402  (scripts/ is on sys.path)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]  # the repository, scripts/ (for bench_peers)
 
@@ -23,9 +25,9 @@ from bench_peers.suite import format_table, run_bench  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ctx", default="cpu", help="cpu, gpu (falls back with a warning) or gpu:N")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="images per training step")
     p.add_argument("--repeat", type=int, default=20, help="timed repeats per op (median reported)")
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved rounds of the model-level variants (median reported)")

@@ -10,15 +10,17 @@ import argparse
 import os
 import sys
 
+from _cli import HelpFormatter  # noqa: E402  (scripts/ is on sys.path)
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mxbn.parallel.launch import launch_local  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", "--num-workers", type=int, default=2)
-    p.add_argument("-s", "--num-servers", type=int, default=1)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("-n", "--num-workers", type=int, default=2, help="worker processes")
+    p.add_argument("-s", "--num-servers", type=int, default=1, help="parameter-server processes")
     p.add_argument("--port", type=int, default=None, help="scheduler port (default: a free one)")
     p.add_argument("--timeout", type=float, default=None, help="kill the job after this many seconds (exit 124)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the worker command, after --")

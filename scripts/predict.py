@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from _cli import HelpFormatter  # noqa: E402  (scripts/ is on sys.path)
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import mxbn  # noqa: E402,F401  (prepares numpy/threads before mxnet loads)
@@ -21,7 +23,7 @@ from mxbn.predict import classify_images, format_prediction  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="checkpoint.params written by scripts/train_cnn.py")
     p.add_argument("images", nargs="+", help="PNG or JPEG files (grayscale 28x28, or converted)")
     p.add_argument("--ctx", default="cpu", help="cpu, gpu (falls back with a warning) or gpu:N")

@@ -15,6 +15,8 @@ import os
 import sys
 import time
 
+from _cli import HelpFormatter  # noqa: E402  (scripts/ is on sys.path)
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import mxbn  # noqa: E402,F401  (thread defaults before mxnet loads)
@@ -29,12 +31,12 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("name", choices=sorted(EXPERIMENTS) + ["all", "report"])
     p.add_argument("--quick", action="store_true", help="a few minutes in all: fewer iterations, less data")
     p.add_argument("--seeds", type=int, default=None,
                    help="runs per setting, seeds 0..N-1 (default 3, or 1 with --quick)")
-    p.add_argument("--ctx", default="cpu", help="cpu, gpu (falls back with a warning) or gpu:N (default cpu)")
+    p.add_argument("--ctx", default="cpu", help="cpu, gpu (falls back with a warning) or gpu:N")
     p.add_argument("--data-dir", default=None,
                    help="a folder searched first for the datasets (the idx files, mnist_5k.csv.gz); the same as "
                         "setting MXBN_DATA_DIR (default: MXBN_DATA_DIR, then the system's datasets)")

@@ -11,6 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from _cli import HelpFormatter  # noqa: E402  (scripts/ is on sys.path)
+
 try:
     import mxbn  # noqa: E402,F401  (prepares numpy/threads before mxnet loads)
     from mxbn.checkpoint import CheckpointError  # noqa: E402
@@ -30,15 +32,6 @@ def int_list(text):
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 10,15, got {text!r}") from None
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every default shown (a switch's is "not given", not its field's value); the description as written."""
-
-    def _get_help_string(self, action):
-        if action.nargs == 0 and action.option_strings and action.default is not argparse.SUPPRESS:
-            return action.help + " (default: not given)"
-        return super()._get_help_string(action)
 
 
 def _add_config_flag(p, option):
