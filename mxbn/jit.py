@@ -1,31 +1,4 @@
-"""``mxbn.jit``: trace a functional net once per shape into one static MXNet graph.
-
-Write the net once as a function of arrays with mxbn's ops, for example
-``lenet(params, state, X, is_training)``; ``jit(lenet)`` returns a callable
-with the same signature and the same numbers that runs it as one ``CachedOp``
-(``static_alloc``/``static_shape``, what Gluon's ``hybridize`` builds):
-
-* array arguments (NDArray or ``mx.np.ndarray``, alone or in dicts, lists
-  and tuples) become graph inputs; every other argument (``is_training``,
-  a momentum, an activation name) is static: part of the cache key, so a new
-  value traces a new graph;
-* a graph is traced per (static arguments, array shapes and dtypes, context,
-  the structure of the arguments) and cached;
-* ``batch_norm``'s moving statistics leave the graph as extra outputs, which
-  jit writes into the state arrays after every training call (once per
-  call, MXNet's momentum direction, outside autograd), exactly as the
-  imperative op does; inference leaves them untouched;
-* under ``autograd.record()`` the graph is one recorded node: gradients reach
-  every array with ``attach_grad`` and honour its ``grad_req``;
-* the result may be one array or a tuple, list or dict of arrays (a loss and
-  a correct count, say), as the function returns it.
-
-What cannot be traced raises :class:`mxbn.tracing.TracingError` naming the
-operation: a Python branch on an array's value (``if``, ``float()``,
-``.asnumpy()``), an ``mx.nd`` operator called on a traced array, an array the
-function captures instead of taking as an argument, arrays on different
-contexts.
-"""
+"""``mxbn.jit``: trace a functional net once per shape into one static MXNet graph (see :func:`jit`)."""
 import functools
 import traceback
 import warnings
@@ -50,7 +23,50 @@ CACHE_WARN_SIZE = 16
 
 
 def jit(fn):
-    """Compile ``fn`` (a function of arrays written with mxbn's ops) into one static graph per shape."""
+    """Compile ``fn`` (a function of arrays written with mxbn's ops) into one static graph per shape.
+
+    Write the net once as a function of arrays, for example
+    ``lenet(params, state, X, is_training)``; ``jit(lenet)`` returns a callable
+    (a :class:`Jitted`) with the same signature and the same numbers that runs
+    it as one ``CachedOp`` (``static_alloc``/``static_shape``, what Gluon's
+    ``hybridize`` builds).
+
+    Arguments and statics
+        Array arguments (NDArray or ``mx.np.ndarray``, alone or in dicts,
+        lists and tuples) become graph inputs.  Every other argument
+        (``is_training``, a momentum, an activation name) is *static*: part of
+        the cache key, so each new value traces a new graph.  One array passed
+        twice is one graph input.
+    The cache
+        A graph is traced per (static arguments, array shapes and dtypes,
+        context, the structure of the arguments) and kept; ``.cache_size`` is
+        the number traced so far.  Past ``CACHE_WARN_SIZE`` (16) graphs one
+        ``RuntimeWarning`` says so: a Python float that changes every call
+        (a learning rate, say) traces a new graph every call; pass it as an
+        array (``mx.nd.array([lr])``) instead.
+    Results
+        One array, or a tuple, list or dict of arrays (a loss and a correct
+        count, say), as the function returns it, of the kind it was given.
+    State
+        ``batch_norm``'s moving statistics leave the graph as extra outputs
+        that jit writes into the state arrays after every training call (once
+        per call, MXNet's momentum direction, outside autograd), exactly as
+        the imperative op does; inference leaves them untouched.
+    Gradients
+        Under ``autograd.record()`` the graph is one recorded node: gradients
+        reach every array with ``attach_grad`` and honour its ``grad_req``.
+    Arithmetic
+        Inside the function a traced value behaves as the array it stands
+        for: ``+ - * / ** %`` and comparisons broadcast as NDArray's do,
+        ``X.shape`` and ``X.ndim`` can be read.
+    What cannot be traced
+        raises :class:`mxbn.tracing.TracingError` naming the operation: a
+        Python branch on an array's value (``if``, ``float()``,
+        ``.asnumpy()``); an ``mx.nd``, ``mx.np`` or ``mx.npx`` function
+        called on a traced array (use mxbn's ops, arithmetic or ``mx.sym``);
+        an array the function captures instead of taking as an argument;
+        arrays on different contexts.
+    """
     return Jitted(fn)
 
 
@@ -155,11 +171,41 @@ def _aliases(leaves):
     return tuple(first.setdefault(a.handle.value, i) for i, (_, a) in enumerate(leaves))
 
 
-def _op_name_from(exc):
-    """Name of the mx.nd operator in an exception's traceback (MXNet generates them as '<string>' functions)."""
-    names = [frame.f_code.co_name for frame, _ in traceback.walk_tb(exc.__traceback__)
-             if frame.f_code.co_filename == "<string>"]
-    return names[-1] if names else None
+_NAMESPACES = (("mxnet.ndarray.numpy_extension", "mx.npx"), ("mxnet.numpy_extension", "mx.npx"),
+               ("mxnet.ndarray.numpy", "mx.np"), ("mxnet.numpy", "mx.np"), ("mxnet.ndarray", "mx.nd"))
+
+
+def _mxnet_call_from(exc):
+    """(namespace, name) of the first MXNet function in an exception's traceback: what the user called
+    (operators MXNet generates are '<string>' functions; their module says the namespace), or None."""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        module = frame.f_globals.get("__name__", "")
+        name = frame.f_code.co_name
+        if module.startswith("mxnet.ndarray.ndarray") and name.startswith("__"):
+            return "NDArray", name   # an NDArray's operator, the traced array its operand
+        if module == "mxnet.ndarray.register":   # a generated operator: which namespace holds this one
+            for namespace, ns in (("mx.npx", mx.npx), ("mx.np", mx.np), ("mx.nd", mx.nd)):
+                if getattr(getattr(ns, name, None), "__code__", None) is frame.f_code:
+                    return namespace, name
+            return "mx.nd", name
+        for prefix, namespace in _NAMESPACES:
+            if module.startswith(prefix) and frame.f_code.co_name != "_wrap_np_unary_func":
+                return namespace, frame.f_code.co_name
+    return None
+
+
+def _untraceable(name, exc):
+    """The TracingError for an MXNet call on a traced array (None when ``exc`` is not one)."""
+    call = _mxnet_call_from(exc)
+    if call is None:
+        return None
+    namespace, op = call
+    if namespace == "NDArray":
+        return TracingError(f"mxbn.jit: {name} applies an operator of an NDArray the function captures "
+                            f"({op}) to a traced array; pass the NDArray as an argument of the jitted function "
+                            f"(constants are not captured)")
+    return TracingError(f"mxbn.jit: {name} calls {namespace}.{op} on a traced array; inside a jitted function "
+                        f"use mxbn's ops (mxbn.conv2d, mxbn.dense, ...), arithmetic, or mx.sym.{op}")
 
 
 class Jitted:
@@ -227,13 +273,16 @@ class Jitted:
                     f"mxbn.jit: {self.name} reads an array's value ({e}). A traced function cannot branch "
                     f"on or read values: make the value a static (non-array) argument, or compute without "
                     f"reading it (e.g. mx.sym.where instead of if)") from None
-            except AssertionError as e:
-                op = _op_name_from(e)
-                if op is None or "must have NDArray type" not in str(e):
+            except (AssertionError, TypeError) as e:
+                # MXNet's own checks: "must have NDArray type" (mx.nd, mx.npx), "type Symbol not supported"
+                # (mx.np, an NDArray's operators)
+                if isinstance(e, TracingError) or not ("must have NDArray type" in str(e)
+                                                       or "Symbol'> not supported" in str(e)):
                     raise
-                raise TracingError(
-                    f"mxbn.jit: {self.name} calls mx.nd.{op} on a traced array; inside a jitted function use "
-                    f"mxbn's ops (mxbn.conv2d, mxbn.dense, ...) or mx.sym.{op}") from None
+                error = _untraceable(self.name, e)
+                if error is None:
+                    raise
+                raise error from None
         outputs = []
         out_structure = _flatten_outputs(result, outputs)
         state_names = list(trace.state_updates)

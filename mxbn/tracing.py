@@ -13,12 +13,17 @@ computing, and ask the active :class:`Trace` for
 * scratch arrays (the fused BatchNorm kernel's throwaway aux states) that jit
   allocates once per compiled graph.
 
+While a trace is active a Symbol's arithmetic and comparisons (``+ - * / ** %``,
+``== != < <= > >=``) broadcast as NDArray's do (legacy Symbols do not: their
+``+`` needs equal shapes), and an NDArray the function captures, used with one
+of them, is a TracingError naming the operator.
+
 This module imports nothing of mxbn, so the math can depend on it.
 """
 import threading
 
 import numpy as np
-from mxnet import sym
+from mxnet import nd, sym
 
 __all__ = ["Trace", "TracingError", "current", "shape_of", "dtype_of"]
 
@@ -31,6 +36,37 @@ _TRACING = threading.Lock()
 
 class TracingError(TypeError):
     """Something in a jitted function cannot become part of a static graph."""
+
+
+# Symbol method -> (the operator as written, MXNet's broadcasting op, operands swapped)
+_BINARY = {
+    "__add__": ("+", "broadcast_add", False), "__radd__": ("+", "broadcast_add", True),
+    "__sub__": ("-", "broadcast_sub", False), "__rsub__": ("-", "broadcast_sub", True),
+    "__mul__": ("*", "broadcast_mul", False), "__rmul__": ("*", "broadcast_mul", True),
+    "__truediv__": ("/", "broadcast_div", False), "__rtruediv__": ("/", "broadcast_div", True),
+    "__pow__": ("**", "broadcast_power", False), "__rpow__": ("**", "broadcast_power", True),
+    "__mod__": ("%", "broadcast_mod", False), "__rmod__": ("%", "broadcast_mod", True),
+    "__eq__": ("==", "broadcast_equal", False), "__ne__": ("!=", "broadcast_not_equal", False),
+    "__lt__": ("<", "broadcast_lesser", False), "__le__": ("<=", "broadcast_lesser_equal", False),
+    "__gt__": (">", "broadcast_greater", False), "__ge__": (">=", "broadcast_greater_equal", False),
+}
+
+
+def _broadcasting(method, written, op, swapped, original):
+    def binary(self, other):
+        if isinstance(other, nd.NDArray) or type(other).__module__.startswith("mxnet.numpy"):
+            raise TracingError(f"mxbn.jit: `{written}` between a traced array and an {type(other).__name__} the "
+                               f"function captures (shape {other.shape}); pass it as an argument of the jitted "
+                               f"function (constants are not captured)")
+        if not isinstance(other, sym.Symbol):
+            return original(self, other)        # a Python number: MXNet's scalar op
+        trace = _ACTIVE.trace
+        if trace.shape_of(self) == trace.shape_of(other):
+            return original(self, other)        # the same node an untraced graph would have
+        a, b = (other, self) if swapped else (self, other)
+        return getattr(sym, op)(a, b)
+    binary.__name__ = method
+    return binary
 
 
 class Trace:
@@ -56,11 +92,16 @@ class Trace:
         # attributes, so they exist only while tracing.
         sym.Symbol.shape = property(lambda symbol: self.shape_of(symbol))
         sym.Symbol.ndim = property(lambda symbol: len(self.shape_of(symbol)))
+        self._originals = {m: sym.Symbol.__dict__[m] for m in _BINARY}
+        for method, (written, op, swapped) in _BINARY.items():
+            setattr(sym.Symbol, method, _broadcasting(method, written, op, swapped, self._originals[method]))
         return self
 
     def __exit__(self, *exc):
         _ACTIVE.trace = None
         del sym.Symbol.shape, sym.Symbol.ndim
+        for method, original in self._originals.items():
+            setattr(sym.Symbol, method, original)
         _TRACING.release()
         return False
 

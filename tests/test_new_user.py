@@ -393,3 +393,68 @@ def test_ctrl_c_during_start_up_is_one_line(tiny, tmp_path, after):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+
+
+# --------------------------------------------------------------------------- #
+# jit: a traced value behaves as the array it stands for, or a clear TracingError
+# --------------------------------------------------------------------------- #
+from mxbn.tracing import TracingError  # noqa: E402
+
+_A = np.random.default_rng(3).normal(size=(8, 3)).astype(np.float32)
+_B = np.arange(1, 4, dtype=np.float32)
+BROADCASTING = {
+    "add": lambda A, b: mxbn.relu(A) + b,
+    "radd": lambda A, b: b + A,
+    "sub": lambda A, b: A - b,
+    "rsub": lambda A, b: 1 - A / b,
+    "mul": lambda A, b: A * b,
+    "div": lambda A, b: b / (A * A + 1),
+    "pow": lambda A, b: (A * A) ** b,
+    "cmp": lambda A, b: (A > b) + (A <= b) * 2 + (A == b) * 4,
+    "same shape": lambda A, b: A + A * 2,
+}
+
+
+@pytest.mark.parametrize("kind", ["nd", "np"])
+@pytest.mark.parametrize("name", list(BROADCASTING))
+def test_jit_arithmetic_broadcasts_as_the_arrays_do(name, kind):
+    arr = nd.array if kind == "nd" else mx.np.array
+    A, b = arr(_A), arr(_B)
+    fn = BROADCASTING[name]
+    expected = fn(A, b).asnumpy()
+    got = mxbn.jit(fn)(A, b)
+    assert isinstance(got, type(A))
+    np.testing.assert_allclose(got.asnumpy(), expected, rtol=1e-6)
+
+
+def test_jit_broadcasting_is_differentiable():
+    A, b = nd.array(_A), nd.array(_B)
+    grads = []
+    for f in (lambda A, b: (mxbn.relu(A) * b + b).sum(), mxbn.jit(lambda A, b: (mxbn.relu(A) * b + b).sum())):
+        A.attach_grad(), b.attach_grad()
+        with autograd.record():
+            y = f(A, b)
+        y.backward()
+        grads.append((A.grad.asnumpy().copy(), b.grad.asnumpy().copy()))
+    for g0, g1 in zip(*grads):
+        np.testing.assert_allclose(g1, g0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn,says", [
+    (lambda A, b: A * nd.array([2.0]), r"`\*` .*NDArray the function captures .*pass it as an argument"),
+    (lambda A, b: nd.array([2.0]) + A, r"captures"),
+    (lambda A, b: mx.np.exp(A), r"mx\.np\.exp"),
+    (lambda A, b: mx.npx.relu(A), r"mx\.npx\.relu"),
+    (lambda A, b: mx.nd.relu(A), r"mx\.nd\.relu"),
+])
+def test_what_jit_cannot_trace_is_a_tracing_error_naming_the_call(fn, says):
+    with pytest.raises(TracingError, match=says):
+        mxbn.jit(fn)(nd.array(_A), nd.array(_B))
+
+
+def test_help_of_jit_documents_statics_cache_results_state_and_broadcasting():
+    import pydoc
+    text = pydoc.render_doc(mxbn.jit)
+    for topic in ("static", "cache_size", "CACHE_WARN_SIZE", "dict", "writes", "broadcast", "TracingError"):
+        assert topic in text, topic
+    assert len(mxbn.jit.__doc__.splitlines()) > 20
