@@ -25,7 +25,7 @@ from .custom_function import Function
 atexit.register(nd.waitall)
 
 __all__ = ["batch_norm", "BATCH_NORM_IMPLS", "STAT_DTYPE", "check_batch_norm_args", "three_d_shape",
-           "update_moving_stats", "normalize_per_channel"]
+           "update_moving_stats", "moving_stats_rule", "check_distinct_state", "normalize_per_channel"]
 
 BATCH_NORM_IMPLS = ("fused", "scratch")
 
@@ -135,6 +135,7 @@ def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
                                   momentum, eps, axis, impl, check_finite)
     ax = check_batch_norm_args(X, gamma, beta, is_training, moving_mean,
                                 moving_vari, momentum, eps, axis, impl)
+    check_distinct_state(moving_mean, moving_vari)
     if check_finite:
         _check_finite(X=X, gamma=gamma, beta=beta, moving_mean=moving_mean, moving_vari=moving_vari)
     in_dtype = X.dtype
@@ -156,7 +157,6 @@ class _Described:
     """Shape, dtype and context of a traced Symbol, read like an NDArray's by the checks below."""
 
     def __init__(self, symbol, op):
-        self.symbol = symbol
         self.shape = shape_of(symbol, op)
         self.dtype = dtype_of(symbol, op)
         self.ndim = len(self.shape)
@@ -219,9 +219,6 @@ def check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
                          f"moving value), got {momentum!r}")
     if not is_real(eps) or not 0 < eps < math.inf:
         raise ValueError(f"batch_norm: eps must be a number > 0 and finite, got {eps!r}")
-    if _same_array(moving_mean, moving_vari):
-        raise ValueError("batch_norm: moving_mean and moving_vari are the same array; each statistic needs "
-                         "its own (C,) array (mxbn.init.batch_norm_params makes both)")
     if is_training and X.size // C < 2:
         raise ValueError(
             f"batch_norm: a training batch needs at least 2 values per channel to have a "
@@ -230,11 +227,15 @@ def check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
     return ax
 
 
-def _same_array(a, b):
-    """True when two arguments are one array (one NDArray handle, or one traced graph input)."""
-    if isinstance(a, _Described) or isinstance(b, _Described):
-        return a.symbol.name == b.symbol.name
-    return a is b or a.handle.value == b.handle.value
+def check_distinct_state(moving_mean, moving_vari):
+    """The two moving statistics must be two arrays (one NDArray handle, or one traced graph input, is one)."""
+    if isinstance(moving_mean, sym.Symbol):
+        same = moving_mean.name == moving_vari.name
+    else:
+        same = moving_mean is moving_vari or moving_mean.handle.value == moving_vari.handle.value
+    if same:
+        raise ValueError("batch_norm: moving_mean and moving_vari are the same array; each statistic needs "
+                         "its own (C,) array (mxbn.init.batch_norm_params makes both)")
 
 
 def _check_finite(**arrays):
@@ -396,6 +397,7 @@ def _batch_norm_traced(X, gamma, beta, is_training, moving_mean, moving_vari, mo
     """
     trace = tracing.current("batch_norm")
     ax = check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari, momentum, eps, axis, impl)
+    check_distinct_state(moving_mean, moving_vari)
     if check_finite:
         raise tracing.TracingError("batch_norm: check_finite=True reads the values, which a traced graph "
                                    "cannot; check outside mxbn.jit (or after the call)")
@@ -410,11 +412,10 @@ def _batch_norm_traced(X, gamma, beta, is_training, moving_mean, moving_vari, mo
     else:
         train = _batch_norm_train_fused_traced if impl == "fused" else _batch_norm_train_scratch_traced
         Y, mean, vari = train(trace, X, gamma, beta, eps, ax, stat_dtype)
-        keep, take = _momentum_weights(momentum)
-        trace.set_state(moving_mean, sym.BlockGrad(keep * mean_now + take * sym.BlockGrad(mean)),
-                        "batch_norm", "moving_mean")
-        trace.set_state(moving_vari, sym.BlockGrad(keep * vari_now + take * sym.BlockGrad(vari)),
-                        "batch_norm", "moving_vari")
+        new_mean, new_vari = moving_stats_rule(mean_now, vari_now, sym.BlockGrad(mean), sym.BlockGrad(vari),
+                                               momentum)
+        trace.set_state(moving_mean, sym.BlockGrad(new_mean), "batch_norm", "moving_mean")
+        trace.set_state(moving_vari, sym.BlockGrad(new_vari), "batch_norm", "moving_vari")
     return Y if in_dtype == stat_dtype else sym.cast(Y, dtype=in_dtype)
 
 
@@ -442,9 +443,22 @@ def _batch_norm_train_scratch_traced(trace, X, gamma, beta, eps, ax, stat_dtype)
     return Y3.reshape(shape), mean, vari
 
 
-def update_moving_stats(moving_mean, moving_vari, mean, vari, momentum):
-    """moving = momentum*moving + (1-momentum)*batch, in place, outside the graph."""
+def moving_stats_rule(moving_mean, moving_vari, mean, vari, momentum):
+    """The new moving statistics: ``momentum*moving + (1-momentum)*batch``, or the old ones unchanged when
+    the batch statistics hold a NaN or an infinity (decided on the device, no host sync), so that a
+    non-finite batch never poisons the state.  NDArrays or traced Symbols alike."""
+    ops = ops_for(mean)
     keep, take = _momentum_weights(momentum)
+    # x - x is 0 exactly when x is finite (inf - inf and NaN - NaN are NaN); 1 when every value is finite
+    finite = ops.min(((mean - mean) == 0) * ((vari - vari) == 0))
+    finite = ops.broadcast_like(finite.reshape((1,)), moving_mean)
+    return (ops.where(finite, keep * moving_mean + take * mean, moving_mean),
+            ops.where(finite, keep * moving_vari + take * vari, moving_vari))
+
+
+def update_moving_stats(moving_mean, moving_vari, mean, vari, momentum):
+    """moving = momentum*moving + (1-momentum)*batch (moving_stats_rule), in place, outside the graph."""
     with autograd.pause():
-        moving_mean[:] = keep * moving_mean + take * mean.detach()
-        moving_vari[:] = keep * moving_vari + take * vari.detach()
+        new_mean, new_vari = moving_stats_rule(moving_mean, moving_vari, mean.detach(), vari.detach(), momentum)
+        moving_mean[:] = new_mean
+        moving_vari[:] = new_vari

@@ -24,8 +24,8 @@ op runs on one device: nothing here assumes the devices share memory.
 from mxnet import nd
 
 from .._arrays import dtype_name
-from ..batch_norm import (STAT_DTYPE, batch_norm, check_batch_norm_args, normalize_per_channel, three_d_shape,
-                          update_moving_stats)
+from ..batch_norm import (STAT_DTYPE, batch_norm, check_batch_norm_args, check_distinct_state, normalize_per_channel,
+                          three_d_shape, update_moving_stats)
 from ..custom_function import Function
 
 __all__ = ["sync_batch_norm"]
@@ -137,6 +137,8 @@ def _check_across(Xs, gammas, betas, moving_means, moving_varis, is_training, mo
     C = Xs[0].shape[ax]
     if is_training and sum(X.size for X in Xs) // C < 2:
         raise ValueError("sync_batch_norm: a training batch needs at least 2 values per channel in all")
+    for moving_mean, moving_vari in zip(moving_means, moving_varis):
+        check_distinct_state(moving_mean, moving_vari)
     return ax
 
 
