@@ -81,9 +81,24 @@ import sys  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _reproduce(*args, timeout=300, env=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+def _reproduce(*args, timeout=None):
+    """scripts/reproduce.py's main(args) in this process (MXNet is loaded once): returncode, stdout, stderr."""
+    import contextlib
+    import importlib.util
+    import io
+    import types
+    if os.path.join(ROOT, "scripts") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))   # as when the script runs: its folder is on the path
+    spec = importlib.util.spec_from_file_location("reproduce_script", os.path.join(ROOT, "scripts", "reproduce.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = script.main(list(args))
+        except SystemExit as e:   # argparse's usage errors
+            code = e.code
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def _fake_run(runs, name, seeds, quick):
