@@ -232,7 +232,7 @@ def check_distinct_state(moving_mean, moving_vari):
     if isinstance(moving_mean, sym.Symbol):
         same = moving_mean.name == moving_vari.name
     else:
-        same = moving_mean is moving_vari or moving_mean.handle.value == moving_vari.handle.value
+        same = moving_mean.handle.value == moving_vari.handle.value
     if same:
         raise ValueError("batch_norm: moving_mean and moving_vari are the same array; each statistic needs "
                          "its own (C,) array (mxbn.init.batch_norm_params makes both)")

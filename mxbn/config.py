@@ -214,9 +214,8 @@ def cli_options():
     options = []
     for f in fields(TrainConfig):
         kind = _kind(f.type)
-        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
         choices = f.metadata["choices"]
-        options.append(CliOption(f.name, flag, kind, f.default, f.metadata["help"],
+        options.append(CliOption(f.name, flag_of(f.name), kind, f.default, f.metadata["help"],
                                  tuple(choices) if choices is not None else None,
                                  negated=kind is bool and f.default is True))
     return options

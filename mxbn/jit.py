@@ -189,8 +189,8 @@ def _mxnet_call_from(exc):
                     return namespace, name
             return "mx.nd", name
         for prefix, namespace in _NAMESPACES:
-            if module.startswith(prefix) and frame.f_code.co_name != "_wrap_np_unary_func":
-                return namespace, frame.f_code.co_name
+            if module.startswith(prefix) and name != "_wrap_np_unary_func":
+                return namespace, name
     return None
 
 

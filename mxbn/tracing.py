@@ -54,7 +54,7 @@ _BINARY = {
 
 def _broadcasting(method, written, op, swapped, original):
     def binary(self, other):
-        if isinstance(other, nd.NDArray) or type(other).__module__.startswith("mxnet.numpy"):
+        if isinstance(other, nd.NDArray):   # mx.np.ndarray is one too
             raise TracingError(f"mxbn.jit: `{written}` between a traced array and an {type(other).__name__} the "
                                f"function captures (shape {other.shape}); pass it as an argument of the jitted "
                                f"function (constants are not captured)")

@@ -161,3 +161,14 @@ def test_trace_bn_and_bn_paper_share_one_percentile_probe():
     for step in range(5):
         probe(step, {}, {})
     assert probe.steps == [0, 2, 4] and probe.read().tolist() == [[[6.0], [3.0]]] * 3
+
+
+def test_history_columns_are_the_keys_of_an_epoch_record():
+    """metrics.csv orders its columns by train.HISTORY_COLUMNS; an epoch's record must have those keys."""
+    from mxbn.train import HISTORY_COLUMNS, fit
+    params, state = models.lenet_params(mx.cpu(), seed=0)
+    X, y = _lenet_batch(32)
+    opt = SGD(lr=0.1)
+    history = fit(jit(models.lenet), params, state, opt, opt.init(params), (X, y), (X, y), 1, 16, seed=0,
+                  log=lambda *_: None)
+    assert tuple(history[0]) == HISTORY_COLUMNS
