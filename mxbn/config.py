@@ -62,6 +62,9 @@ class TrainConfig:
     graph: str = _option("static", "static: models.lenet through mxbn.jit, one planned MXNet graph (with --bn-sync, "
                                    "one per stage between the synchronized BN); imperative: mxbn's functional ops "
                                    "one by one", choices=GRAPHS)
+    layout_pass: bool = _option(True, "without mxbn.jit's layout pass (channels padded for oneDNN's fast kernels, "
+                                      "relu as oneDNN's Activation after pooling: the same function to float32 "
+                                      "rounding, faster on a CPU)", flag="--no-layout-pass")
     init: str = _option("normal", "weight initializer (the tutorial's N(0, 0.01^2))", choices=INIT_NAMES)
     init_scale: float = _option(0.01, "std for --init normal")
     seed: int = _option(0, "seeds the initialisation, the batch order and the augmentation")
@@ -152,7 +155,8 @@ class TrainConfig:
         """An option that the others make inert is an error, not silently ignored."""
         inert = [("max_shift", not self.augment, "--augment"),
                  ("lr_step_epochs", self.lr_schedule != "step", "--lr-schedule step"),
-                 ("momentum", self.optimizer != "momentum", "--optimizer momentum")]
+                 ("momentum", self.optimizer != "momentum", "--optimizer momentum"),
+                 ("layout_pass", self.graph != "static", "--graph static")]
         for name, unused, needs in inert:
             if unused and getattr(self, name) != _DEFAULTS[name]:
                 raise ConfigError(f"{flag_of(name)} applies only with {needs}; it would be ignored here "

@@ -8,7 +8,7 @@ import numpy as np
 from mxnet import autograd, nd, sym
 from mxnet.base import NotImplementedForSymbol
 
-from . import tracing
+from . import layout, tracing
 from .tracing import TracingError
 
 __all__ = ["jit", "Jitted", "TracingError", "unjitted", "jit_like"]
@@ -22,7 +22,7 @@ _FLAGS = [("static_alloc", True), ("static_shape", True)]
 CACHE_WARN_SIZE = 16
 
 
-def jit(fn):
+def jit(fn, layout_pass=True):
     """Compile ``fn`` (a function of arrays written with mxbn's ops) into one static graph per shape.
 
     Write the net once as a function of arrays, for example
@@ -52,6 +52,13 @@ def jit(fn):
         that jit writes into the state arrays after every training call (once
         per call, MXNet's momentum direction, outside autograd), exactly as
         the imperative op does; inference leaves them untouched.
+    The layout pass
+        On a CPU each traced graph is rewritten for oneDNN's fast kernels
+        (:mod:`mxbn.layout`): convolution channels zero-padded to the SIMD
+        block inside the graph, relu as oneDNN's Activation, relu after
+        max-pooling.  The same function to float32 rounding; parameters,
+        state and gradients keep their shapes.  ``layout_pass=False`` traces
+        the graph as written.
     Gradients
         Under ``autograd.record()`` the graph is one recorded node: gradients
         reach every array with ``attach_grad`` and honour its ``grad_req``.
@@ -67,7 +74,7 @@ def jit(fn):
         an array the function captures instead of taking as an argument;
         arrays on different contexts.
     """
-    return Jitted(fn)
+    return Jitted(fn, layout_pass=layout_pass)
 
 
 def unjitted(net):
@@ -84,9 +91,9 @@ def jit_like(net, fn, key=None):
     if not isinstance(net, Jitted):
         return fn
     if key is None:
-        return jit(fn)
+        return jit(fn, layout_pass=net.layout_pass)
     if key not in net.derived:
-        net.derived[key] = jit(fn)
+        net.derived[key] = jit(fn, layout_pass=net.layout_pass)
     return net.derived[key]
 
 
@@ -144,8 +151,9 @@ def _flatten_outputs(result, outputs):
 class _Compiled:
     """A traced graph: the CachedOp, where its inputs come from, what its outputs mean."""
 
-    def __init__(self, op, input_names, out_structure, n_outputs, state_names, scratch, train_mode):
-        self.op = op
+    def __init__(self, graph, input_names, out_structure, n_outputs, state_names, scratch, train_mode):
+        self.graph = graph                  # the Symbol the CachedOp runs (after the layout pass)
+        self.op = nd.CachedOp(graph, flags=list(_FLAGS))
         self.input_names = input_names      # CachedOp input order: "leaf<i>" or a scratch var name
         self.out_structure = out_structure
         self.n_outputs = n_outputs          # the function's own outputs; state updates follow
@@ -211,8 +219,9 @@ def _untraceable(name, exc):
 class Jitted:
     """The callable :func:`jit` returns; ``.fn`` is the original function, ``.cache_size`` the graphs traced."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, layout_pass=True):
         self.fn = fn
+        self.layout_pass = bool(layout_pass)
         self._cache = {}
         self.derived = {}   # graphs built on this net (loss, prediction), see jit_like
         self._warned = False
@@ -234,7 +243,7 @@ class Jitted:
         key = (structure, tuple((a.shape, np.dtype(a.dtype).name) for _, a in leaves), ctx, aliases)
         compiled = self._cache.get(key)
         if compiled is None:
-            compiled = self._cache[key] = self._trace(structure, leaves, aliases)
+            compiled = self._cache[key] = self._trace(structure, leaves, aliases, ctx)
             self._warn_if_growing()
         return self._run(compiled, leaves, ctx, returns_np)
 
@@ -256,7 +265,7 @@ class Jitted:
                                  f"(.as_in_context({first.context}))")
         return first.context
 
-    def _trace(self, structure, leaves, aliases):
+    def _trace(self, structure, leaves, aliases, ctx):
         shapes = {_leaf_name(i): a.shape for i, (_, a) in enumerate(leaves)}
         dtypes = {_leaf_name(i): np.dtype(a.dtype).name for i, (_, a) in enumerate(leaves)}
         paths = {_leaf_name(i): path for i, (path, _) in enumerate(leaves)}
@@ -287,9 +296,11 @@ class Jitted:
         out_structure = _flatten_outputs(result, outputs)
         state_names = list(trace.state_updates)
         graph = sym.Group(outputs + [trace.state_updates[n] for n in state_names])
-        flags = list(_FLAGS)
-        return _Compiled(nd.CachedOp(graph, flags=flags), graph.list_inputs(), out_structure, len(outputs),
-                         state_names, dict(trace.scratch), trace.needs_train_mode)
+        scratch = dict(trace.scratch)
+        if self.layout_pass and ctx.device_type == "cpu":
+            graph, scratch = layout.layout_pass(graph, scratch, layout.simd_block())
+        return _Compiled(graph, graph.list_inputs(), out_structure, len(outputs),
+                         state_names, scratch, trace.needs_train_mode)
 
     @staticmethod
     def _run(compiled, leaves, ctx, returns_np):

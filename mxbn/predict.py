@@ -28,7 +28,7 @@ __all__ = ["ImageError", "Prediction", "load_image", "classify_images", "load_le
 def make_net(config):
     """The LeNet forward function for ``config``: one static graph (mxbn.jit) or the functional ops one by one."""
     net = functools.partial(lenet, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
-    return jit(net) if config.graph == "static" else net
+    return jit(net, layout_pass=config.layout_pass) if config.graph == "static" else net
 
 
 def load_lenet_checkpoint(path, ctx):

@@ -327,7 +327,7 @@ def _data_parallel_step(config, net, contexts, params, state, optimizer, opt_sta
     """The step over several devices or workers (None with no kvstore: fit's single-device step)."""
     if kv is None:
         return None
-    stages = jitted_stages(LENET_STAGES) if config.graph == "static" else LENET_STAGES
+    stages = jitted_stages(LENET_STAGES, config.layout_pass) if config.graph == "static" else LENET_STAGES
     forward = (functools.partial(across_devices, stages, LENET_STAGE_NORMS, bn_momentum=config.bn_momentum)
                if config.bn_sync else per_device(net))
     return DataParallelStep(forward, contexts, params, state, optimizer, opt_state, kv,

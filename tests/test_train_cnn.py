@@ -115,9 +115,10 @@ def test_no_bn_and_scratch_bn_run(tiny_data, tmp_path):
                   log=quiet, progress=False)
     c = train_cnn(config(tiny_data, epochs=1, bn_impl="fused", graph="imperative"), str(tmp_path / "c"),
                   log=quiet, progress=False)
-    d = train_cnn(config(tiny_data, epochs=1), str(tmp_path / "d"), log=quiet, progress=False)
+    d = train_cnn(config(tiny_data, epochs=1, layout_pass=False), str(tmp_path / "d"), log=quiet, progress=False)
     assert a["history"][0]["train_loss"] > 0
-    # scratch and fused compute the same function with different rounding; static = fused in one graph
+    # scratch and fused compute the same function with different rounding; static = fused in one graph (the
+    # layout pass runs other kernels, whose rounding differences grow over an epoch: tests/test_layout.py)
     assert b["history"][0]["test_acc"] == pytest.approx(c["history"][0]["test_acc"], abs=0.02)
     assert d["history"][0]["train_loss"] == pytest.approx(c["history"][0]["train_loss"], rel=1e-4)
     # scratch under mxbn.jit (the default graph): the same function as the imperative scratch path

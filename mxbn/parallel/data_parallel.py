@@ -65,9 +65,9 @@ def per_device(net):
     return forward
 
 
-def jitted_stages(stages):
+def jitted_stages(stages, layout_pass=True):
     """Each stage as one static graph per device (mxbn.jit; a new cache per call)."""
-    return tuple(jit(stage) for stage in stages)
+    return tuple(jit(stage, layout_pass=layout_pass) for stage in stages)
 
 
 def across_devices(stages, norms, replica_params, replica_states, Xs, is_training, bn_momentum=0.9):
