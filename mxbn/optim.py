@@ -27,6 +27,7 @@ written out with the coefficients taken in double precision.
 import math
 from dataclasses import dataclass, fields
 
+import numpy as np
 from mxnet import nd
 
 from ._checks import finite_non_negative, finite_positive, is_real
@@ -54,6 +55,24 @@ def _check_grads(params, grads):
     missing = sorted(set(params) - set(grads))
     if missing:
         raise KeyError(f"no gradient for parameters {missing}")
+
+
+# Parameters per multi-tensor update call (MXNet's kernels take a bounded list; Gluon's Trainer takes 4 by default).
+MULTI_TENSOR_CHUNK = 16
+
+
+def _multi_tensor_groups(params):
+    """Lists of parameter names that one multi-tensor kernel call may update: float32 arrays of one
+    context, in chunks of MULTI_TENSOR_CHUNK; every other parameter alone."""
+    groups, singles = {}, []
+    for name, p in params.items():
+        if p.dtype == np.float32 and p.stype == "default":
+            groups.setdefault(p.context, []).append(name)
+        else:
+            singles.append([name])
+    chunks = [names[i:i + MULTI_TENSOR_CHUNK] for names in groups.values()
+              for i in range(0, len(names), MULTI_TENSOR_CHUNK)]
+    return chunks + singles
 
 
 class _Optimizer:
@@ -95,6 +114,21 @@ class SGD(_Optimizer):
         finite_positive("lr", self.lr)
         _check_weight_decay(self.weight_decay)
 
+    def update(self, params, grads, state, lr=None):
+        """One in-place step; without weight decay one ``multi_sgd_update`` per group of parameters
+        (bit-identical to ``sgd_update``; with weight decay it is not, so each parameter then has its own)."""
+        if self.weight_decay:
+            return super().update(params, grads, state, lr)
+        _check_grads(params, grads)
+        lr = self._lr(lr)
+        state["t"] += 1
+        for names in _multi_tensor_groups(params):
+            weights = [params[n] for n in names]
+            pairs = [a for n in names for a in (params[n], grads[n])]
+            nd.multi_sgd_update(*pairs, lrs=(lr,) * len(names), wds=(0.0,) * len(names), num_weights=len(names),
+                                out=weights)
+        return state
+
     def _step(self, name, p, g, state, lr):
         nd.sgd_update(p, g, lr=lr, wd=self.weight_decay, out=p)
 
@@ -112,9 +146,18 @@ class Momentum(_Optimizer):
         _check_unit_interval("momentum", self.momentum)
         _check_weight_decay(self.weight_decay)
 
-    def _step(self, name, p, g, state, lr):
-        nd.sgd_mom_update(p, g, state["slots"]["v"][name], lr=lr, momentum=self.momentum,
-                          wd=self.weight_decay, out=p)
+    def update(self, params, grads, state, lr=None):
+        """One in-place step: one ``multi_sgd_mom_update`` per group of parameters (bit-identical to
+        ``sgd_mom_update``, with or without weight decay)."""
+        _check_grads(params, grads)
+        lr = self._lr(lr)
+        state["t"] += 1
+        velocity = state["slots"]["v"]
+        for names in _multi_tensor_groups(params):
+            triples = [a for n in names for a in (params[n], grads[n], velocity[n])]
+            nd.multi_sgd_mom_update(*triples, lrs=(lr,) * len(names), wds=(float(self.weight_decay),) * len(names),
+                                    momentum=self.momentum, num_weights=len(names), out=[params[n] for n in names])
+        return state
 
 
 @dataclass(frozen=True)

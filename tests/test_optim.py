@@ -58,3 +58,40 @@ def test_bad_hyper_parameters_and_missing_gradients():
     params = {"w": nd.ones(2)}
     with pytest.raises(KeyError, match=r"no gradient for parameters \['w'\]"):
         opt.update(params, {}, opt.init(params))
+
+
+# --------------------------------------------------------------------------- #
+# multi-tensor updates (one kernel call per group of parameters)
+def _many_params(seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [(20, 1, 5, 5), (20,), (50, 20, 3, 3), (128, 1250), (10,)] * 4   # 20: more than one chunk
+    params = {f"p{i}": nd.array(rng.normal(size=s)) for i, s in enumerate(shapes)}
+    params["double"] = nd.array(rng.normal(size=(3, 4)), dtype="float64")    # a group of its own
+    grads = {k: nd.array(rng.normal(size=v.shape), dtype=v.dtype) for k, v in params.items()}
+    return params, grads
+
+
+def _one_kernel_per_parameter(opt, params, grads, state, lr):
+    for name in params:
+        if isinstance(opt, optim.Momentum):
+            nd.sgd_mom_update(params[name], grads[name], state["slots"]["v"][name], lr=lr, momentum=opt.momentum,
+                              wd=opt.weight_decay, out=params[name])
+        else:
+            nd.sgd_update(params[name], grads[name], lr=lr, wd=opt.weight_decay, out=params[name])
+
+
+@pytest.mark.parametrize("make", [lambda: optim.SGD(lr=0.1), lambda: optim.SGD(lr=0.05, weight_decay=5e-4),
+                                  lambda: optim.Momentum(lr=0.05, momentum=0.9),
+                                  lambda: optim.Momentum(lr=0.05, momentum=0.9, weight_decay=1e-3)])
+def test_multi_tensor_updates_are_bit_identical_to_one_kernel_per_parameter(make):
+    opt = make()
+    params, grads = _many_params()
+    reference = {k: v.copy() for k, v in params.items()}
+    state, ref_state = opt.init(params), opt.init(reference)
+    for lr in (None, 0.02, 0.0):
+        opt.update(params, grads, state, lr)
+        _one_kernel_per_parameter(opt, reference, grads, ref_state, opt._lr(lr))
+    for name in params:
+        assert np.array_equal(params[name].asnumpy(), reference[name].asnumpy()), name
+        for slot in ref_state["slots"]:
+            assert np.array_equal(state["slots"][slot][name].asnumpy(), ref_state["slots"][slot][name].asnumpy())
