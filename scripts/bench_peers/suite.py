@@ -17,8 +17,8 @@ from bench_peers.mxnet_peers import PEER_VARIANTS, peer_ops
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the row order of the table
-MODEL_VARIANTS = ["mxbn-static", "mxbn-fused", "mxbn-scratch", "nd.BatchNorm", "gluon-hybrid", "no-bn",
-                  "mxbn-static-2dev", "mxbn-sync-2dev", "torch-eager"]
+MODEL_VARIANTS = ["mxbn-static", "mxbn-static-no-pass", "mxbn-fused", "mxbn-scratch", "nd.BatchNorm", "gluon-hybrid",
+                  "no-bn", "mxbn-static-2dev", "mxbn-sync-2dev", "torch-eager"]
 assert set(MODEL_VARIANTS) == set(MXBN_VARIANTS + PEER_VARIANTS + ["torch-eager"])
 HEADLINE = "gluon-hybrid"
 
