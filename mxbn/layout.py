@@ -20,10 +20,16 @@ graph (MXNet's JSON form, node by node in topological order):
   in the next convolution are 0, so the real channels' values and gradients
   are those of the unpadded graph up to float32 rounding (the fast kernels
   sum in another order);
-* writes ``relu`` as ``Activation(act_type="relu")`` (the same numbers);
-* moves a relu after the max-pooling it feeds (they commute, forward and
-  backward: max-pooling picks the same element, relu masks the same gradient),
-  so that relu runs on a quarter of the values.
+* writes the relu of a training batch norm as ``Activation(act_type="relu")``
+  (the same numbers for finite values) and moves it after the max-pooling it
+  feeds (they commute, forward and backward: max-pooling picks the same
+  element, relu masks the same gradient), so that it runs on a quarter of the
+  values.  oneDNN's relu turns a NaN into 0 where MXNet's keeps it; a batch
+  norm's output is non-finite channel-wide exactly when its batch statistics
+  are, so the pass adds their NaN flag (0, or NaN) to the bias of the layer
+  that reads the relu's result: a NaN the traced graph had still reaches the
+  loss, and the trainer's non-finite check still sees it.  Other relus stay
+  MXNet's.
 
 Parameters, state, gradients and checkpoints keep their real shapes: only the
 graph changes.  ``mxbn.jit(fn, layout_pass=False)`` turns it off.
@@ -39,8 +45,9 @@ __all__ = ["layout_pass", "simd_block", "padded_channels"]
 
 # MXNet's dtype codes in a var's __dtype__ attribute
 _DTYPE_CODES = {"0": "float32", "1": "float64", "2": "float16"}
-# ops that act on each channel alone and map finite values to finite values: padded channels may pass
-_PER_CHANNEL = {"Activation", "relu", "Pooling", "BatchNorm"}
+# the ops a convolution's padded channels pass through (each acts per channel and keeps them finite; a batch
+# norm's relu follows its batch norm): a convolution is padded only if one of these, or a convolution, reads it
+_PER_CHANNEL = {"Pooling", "BatchNorm"}
 # padding a layer to more than this many times its channels costs more than the fast kernel saves
 MAX_PAD_RATIO = 2.0
 
