@@ -400,9 +400,15 @@ def test_resume_with_other_threads_warns_and_records_every_part(tiny, tmp_path, 
 def test_ctrl_c_during_start_up_is_one_line(tiny, tmp_path, after):
     import signal
     import time
+    def as_from_a_terminal():
+        # a child inherits an ignored or blocked SIGINT from the test process (whatever an earlier test or
+        # MXNet's threads left there); a user's shell starts the script with the default disposition
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "train_cnn.py"), "--ctx", "cpu",
                              "--data-dir", tiny, "--epochs", "50", "--out", str(tmp_path / "run"), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     time.sleep(after)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
