@@ -99,9 +99,13 @@ class _Optimizer:
         _check_grads(params, grads)
         lr = self._lr(lr)
         state["t"] += 1
+        self._apply(params, grads, state, lr)
+        return state
+
+    def _apply(self, params, grads, state, lr):
+        """The step itself, on every parameter (``state["t"]`` already counts it)."""
         for name in params:
             self._step(name, params[name], grads[name], state, lr)
-        return state
 
 
 @dataclass(frozen=True)
@@ -114,20 +118,15 @@ class SGD(_Optimizer):
         finite_positive("lr", self.lr)
         _check_weight_decay(self.weight_decay)
 
-    def update(self, params, grads, state, lr=None):
-        """One in-place step; without weight decay one ``multi_sgd_update`` per group of parameters
-        (bit-identical to ``sgd_update``; with weight decay it is not, so each parameter then has its own)."""
+    def _apply(self, params, grads, state, lr):
+        """Without weight decay one ``multi_sgd_update`` per group of parameters (bit-identical to
+        ``sgd_update``; with weight decay it is not, so each parameter then has its own)."""
         if self.weight_decay:
-            return super().update(params, grads, state, lr)
-        _check_grads(params, grads)
-        lr = self._lr(lr)
-        state["t"] += 1
+            return super()._apply(params, grads, state, lr)
         for names in _multi_tensor_groups(params):
-            weights = [params[n] for n in names]
             pairs = [a for n in names for a in (params[n], grads[n])]
             nd.multi_sgd_update(*pairs, lrs=(lr,) * len(names), wds=(0.0,) * len(names), num_weights=len(names),
-                                out=weights)
-        return state
+                                out=[params[n] for n in names])
 
     def _step(self, name, p, g, state, lr):
         nd.sgd_update(p, g, lr=lr, wd=self.weight_decay, out=p)
@@ -146,18 +145,14 @@ class Momentum(_Optimizer):
         _check_unit_interval("momentum", self.momentum)
         _check_weight_decay(self.weight_decay)
 
-    def update(self, params, grads, state, lr=None):
-        """One in-place step: one ``multi_sgd_mom_update`` per group of parameters (bit-identical to
-        ``sgd_mom_update``, with or without weight decay)."""
-        _check_grads(params, grads)
-        lr = self._lr(lr)
-        state["t"] += 1
+    def _apply(self, params, grads, state, lr):
+        """One ``multi_sgd_mom_update`` per group of parameters (bit-identical to ``sgd_mom_update``, with or
+        without weight decay)."""
         velocity = state["slots"]["v"]
         for names in _multi_tensor_groups(params):
             triples = [a for n in names for a in (params[n], grads[n], velocity[n])]
             nd.multi_sgd_mom_update(*triples, lrs=(lr,) * len(names), wds=(float(self.weight_decay),) * len(names),
                                     momentum=self.momentum, num_weights=len(names), out=[params[n] for n in names])
-        return state
 
 
 @dataclass(frozen=True)
@@ -194,10 +189,7 @@ class Adam(_Optimizer):
         _check_unit_interval("beta2", self.beta2)
         _check_weight_decay(self.weight_decay)
 
-    def update(self, params, grads, state, lr=None):
-        _check_grads(params, grads)
-        lr = self._lr(lr)
-        state["t"] += 1
+    def _apply(self, params, grads, state, lr):
         t = state["t"]
         # Bias correction on the host: one float per step, no device work.
         lr_t = lr * math.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
@@ -210,7 +202,6 @@ class Adam(_Optimizer):
             m += (1.0 - self.beta1) * (g - m)
             v += (1.0 - self.beta2) * (nd.square(g) - v)
             p -= lr_t * m / (nd.sqrt(v) + _EPS)
-        return state
 
 
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adagrad": AdaGrad, "adam": Adam}
