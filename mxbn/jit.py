@@ -55,8 +55,9 @@ def jit(fn, layout_pass=True):
     The layout pass
         On a CPU each traced graph is rewritten for oneDNN's fast kernels
         (:mod:`mxbn.layout`): convolution channels zero-padded to the SIMD
-        block inside the graph, relu as oneDNN's Activation, relu after
-        max-pooling.  The same function to float32 rounding; parameters,
+        block inside the graph, a batch norm's relu as oneDNN's Activation
+        after the max-pooling it feeds (a NaN still reaches the loss).  The
+        same function to float32 rounding; parameters,
         state and gradients keep their shapes.  ``layout_pass=False`` traces
         the graph as written.
     Gradients
