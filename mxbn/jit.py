@@ -66,14 +66,16 @@ def jit(fn, layout_pass=True):
     Arithmetic
         Inside the function a traced value behaves as the array it stands
         for: ``+ - * / ** %`` and comparisons broadcast as NDArray's do,
-        ``X.shape`` and ``X.ndim`` can be read.
+        ``X.shape`` and ``X.ndim`` can be read, and the functions of
+        ``mx.np``, ``mx.npx`` and ``mx.nd`` that have a Symbol counterpart
+        (``mx.np.exp`` -> ``mx.sym.np.exp``) add that node.
     What cannot be traced
         raises :class:`mxbn.tracing.TracingError` naming the operation: a
         Python branch on an array's value (``if``, ``float()``,
-        ``.asnumpy()``); an ``mx.nd``, ``mx.np`` or ``mx.npx`` function
-        called on a traced array (use mxbn's ops, arithmetic or ``mx.sym``);
-        an array the function captures instead of taking as an argument;
-        arrays on different contexts.
+        ``.asnumpy()``); an ``mx.np``/``mx.npx``/``mx.nd`` function without
+        a Symbol counterpart (``mx.np.nonzero``); a 0-d ``mx.np`` result
+        from legacy arrays; an array the function captures instead of
+        taking as an argument; arrays on different contexts.
     """
     return Jitted(fn, layout_pass=layout_pass)
 

@@ -16,12 +16,18 @@ computing, and ask the active :class:`Trace` for
 While a trace is active a Symbol's arithmetic and comparisons (``+ - * / ** %``,
 ``== != < <= > >=``) broadcast as NDArray's do (legacy Symbols do not: their
 ``+`` needs equal shapes), and an NDArray the function captures, used with one
-of them, is a TracingError naming the operator.
+of them, is a TracingError naming the operator.  So are the functions of
+``mx.np``, ``mx.npx`` and ``mx.nd``: called with a traced array, one that has a
+Symbol counterpart (``mx.sym.np.exp``, ``mx.sym.relu``) adds that node, and one
+that has none is a TracingError naming the function as the user called it.
 
 This module imports nothing of mxbn, so the math can depend on it.
 """
+import inspect
+import operator
 import threading
 
+import mxnet as mx
 import numpy as np
 from mxnet import nd, sym
 
@@ -69,6 +75,94 @@ def _broadcasting(method, written, op, swapped, original):
     return binary
 
 
+# array namespace (as a user writes it) -> (its module, the Symbol namespace with the same functions,
+# whether those take numpy-style Symbols)
+_NAMESPACES = {"mx.np": (mx.np, mx.sym.np, True), "mx.npx": (mx.npx, mx.sym.npx, True),
+               "mx.nd": (mx.nd, mx.sym, False)}
+
+
+# mx.nd's broadcasting arithmetic has no function of that name in mx.sym: a traced array's operator is its
+# counterpart (which broadcasts while a trace is active, see _BINARY)
+_ND_ARITHMETIC = {
+    "add": operator.add, "subtract": operator.sub, "multiply": operator.mul, "divide": operator.truediv,
+    "true_divide": operator.truediv, "modulo": operator.mod, "equal": operator.eq, "not_equal": operator.ne,
+    "greater": operator.gt, "greater_equal": operator.ge, "lesser": operator.lt, "lesser_equal": operator.le,
+}
+
+
+def _traced_in(value):
+    """Whether a (possibly nested list/tuple) argument holds a traced Symbol."""
+    if isinstance(value, (list, tuple)):
+        return any(_traced_in(v) for v in value)
+    return isinstance(value, sym.Symbol)
+
+
+def _as_symbol_arg(value, written, numpy_style):
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_symbol_arg(v, written, numpy_style) for v in value)
+    if isinstance(value, nd.NDArray):
+        raise TracingError(f"mxbn.jit: {written} between a traced array and an {type(value).__name__} the "
+                           f"function captures (shape {value.shape}); pass it as an argument of the jitted "
+                           f"function (constants are not captured)")
+    if isinstance(value, sym.Symbol) and numpy_style:
+        return value.as_np_ndarray()
+    return value
+
+
+def _as_traced(result, written):
+    """A Symbol function's result as the legacy Symbols the trace works in."""
+    if isinstance(result, (list, tuple)):
+        return type(result)(_as_traced(r, written) for r in result)
+    if isinstance(result, sym.Symbol) and hasattr(result, "as_nd_ndarray"):
+        result = result.as_nd_ndarray()
+        if not mx.util.is_np_shape() and _ACTIVE.trace.shape_of(result) == ():
+            # outside numpy-shape semantics () means "unknown": the graph would fail when it runs
+            raise TracingError(f"mxbn.jit: {written} gives a 0-d array, which legacy NDArrays cannot hold; call "
+                               f"mx.npx.set_np() and pass mx.np arrays, or keep a dimension (keepdims=True)")
+    return result
+
+
+def _on_symbols(namespace, name, original, counterpart, numpy_style):
+    """``original`` (e.g. mx.np.exp) that, given a traced array, adds its Symbol counterpart instead."""
+    written = f"{namespace}.{name}"
+
+    def function(*args, **kwargs):
+        if not (_traced_in(args) or _traced_in(list(kwargs.values()))):
+            return original(*args, **kwargs)
+        if counterpart is None:
+            raise TracingError(f"mxbn.jit: {written} has no Symbol counterpart, so it cannot be traced; use "
+                               f"mxbn's ops, arithmetic, or an mx.np/mx.sym function that has one")
+        args = _as_symbol_arg(args, written, numpy_style)
+        kwargs = {k: _as_symbol_arg(v, written, numpy_style) for k, v in kwargs.items()}
+        return _as_traced(counterpart(*args, **kwargs), written)
+    function.__name__ = name
+    function.__doc__ = getattr(original, "__doc__", None)
+    return function
+
+
+_PATCHES = []
+
+
+def _namespace_patches():
+    """(module, name, original, traced version) for every function of the array namespaces, built once."""
+    if _PATCHES:
+        return _PATCHES
+    patches = []
+    for namespace, (module, symbols, numpy_style) in _NAMESPACES.items():
+        for name, original in vars(module).items():
+            if name.startswith("_") or inspect.isclass(original) or not callable(original):
+                continue
+            counterpart = getattr(symbols, name, None)
+            if module is mx.nd and name in _ND_ARITHMETIC:
+                counterpart = _ND_ARITHMETIC[name]
+            if counterpart is not None and (inspect.isclass(counterpart) or not callable(counterpart)):
+                counterpart = None
+            patches.append((module, name, original,
+                            _on_symbols(namespace, name, original, counterpart, numpy_style)))
+    _PATCHES.extend(patches)
+    return _PATCHES
+
+
 class Trace:
     """The bookkeeping of one trace; used as a context manager by mxbn.jit."""
 
@@ -95,6 +189,8 @@ class Trace:
         self._originals = {m: sym.Symbol.__dict__[m] for m in _BINARY}
         for method, (written, op, swapped) in _BINARY.items():
             setattr(sym.Symbol, method, _broadcasting(method, written, op, swapped, self._originals[method]))
+        for module, name, _, traced in _namespace_patches():
+            setattr(module, name, traced)
         return self
 
     def __exit__(self, *exc):
@@ -102,6 +198,8 @@ class Trace:
         del sym.Symbol.shape, sym.Symbol.ndim
         for method, original in self._originals.items():
             setattr(sym.Symbol, method, original)
+        for module, name, original, _ in _namespace_patches():
+            setattr(module, name, original)
         _TRACING.release()
         return False
 

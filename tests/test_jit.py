@@ -149,9 +149,15 @@ def test_a_python_branch_on_a_value_is_named():
         mxbn.jit(branchy)(nd.ones((2, 3)))
 
 
-def test_an_nd_operator_on_a_traced_array_is_named():
-    with pytest.raises(mxbn.TracingError, match=r"calls mx\.nd\.relu on a traced array.*mxbn's ops"):
-        mxbn.jit(lambda X: nd.relu(X))(nd.ones((2, 3)))
+def test_an_nd_function_without_a_symbol_counterpart_is_named():
+    with pytest.raises(mxbn.TracingError, match=r"mx\.nd\.onehot_encode has no Symbol counterpart.*mxbn's ops"):
+        mxbn.jit(lambda X: nd.onehot_encode(X, X))(nd.ones((2, 3)))
+
+
+def test_nd_broadcasting_arithmetic_functions_trace_as_the_operators():
+    A, b = nd.array(np.arange(6).reshape(2, 3) + 1.0), nd.array([1.0, 2.0, 3.0])
+    fn = lambda A, b: nd.add(A, b) * nd.subtract(2, b) + nd.divide(A, b) + nd.greater(A, b)  # noqa: E731
+    np.testing.assert_allclose(mxbn.jit(fn)(A, b).asnumpy(), fn(A, b).asnumpy(), rtol=1e-6)
 
 
 def test_a_captured_array_and_mixed_contexts_are_refused():
