@@ -268,13 +268,14 @@ def three_d_shape(shape, ax):
     return pre, shape[ax], post
 
 
-def _per_channel_sum(X3, ones_pre, ones_post):
-    """Sum of a (pre, C, post) array over pre and post -> shape (1, C)."""
-    pre, C, post = X3.shape
+def _per_channel_sum(X3, ones_pre, ones_post, ops=nd, shape=None):
+    """Sum of a (pre, C, post) array over pre and post -> shape (1, C): NDArrays, or Symbols (``ops=sym``,
+    with the shape the trace knows)."""
+    pre, C, post = X3.shape if shape is None else shape
     if post > 1:
-        rows = nd.dot(X3.reshape((pre * C, post)), ones_post)  # (pre*C, 1)
-        return nd.dot(ones_pre, rows.reshape((pre, C)))        # (1, C)
-    return nd.dot(ones_pre, X3.reshape((pre, C)))
+        rows = ops.dot(X3.reshape((pre * C, post)), ones_post)  # (pre*C, 1)
+        return ops.dot(ones_pre, rows.reshape((pre, C)))        # (1, C)
+    return ops.dot(ones_pre, X3.reshape((pre, C)))
 
 
 class _ScratchBatchNorm(Function):
@@ -432,15 +433,28 @@ def _batch_norm_train_fused_traced(trace, X, gamma, beta, eps, ax, stat_dtype):
 
 
 def _batch_norm_train_scratch_traced(trace, X, gamma, beta, eps, ax, stat_dtype):
+    """The imperative scratch forward as graph nodes: the same GEMV reductions (the ones vectors are
+    scratch inputs of the graph), two passes, biased variance.  MXNet differentiates the graph, so the
+    backward is autograd's of these ops, equal to the analytic one to float32 rounding."""
     shape = shape_of(X, "batch_norm")
     pre, C, post = three_d_shape(shape, ax)
+    m = pre * post
+    ones_pre = trace.scratch_var("bn_ones_pre", (1, pre), stat_dtype, 1.0)
+    ones_post = trace.scratch_var("bn_ones_post", (post, 1), stat_dtype, 1.0) if post > 1 else None
     X3 = X.reshape((pre, C, post))
-    mean = sym.mean(X3, axis=(0, 2))
-    xc = sym.broadcast_sub(X3, mean.reshape((1, C, 1)))
-    vari = sym.mean(sym.square(xc), axis=(0, 2))           # two passes, biased
-    scale = gamma * sym.rsqrt(vari + eps)
-    Y3 = normalize_per_channel(xc, scale, beta)
-    return Y3.reshape(shape), mean, vari
+
+    def spread(v):   # (1, C) -> (pre, C, post) by products with the ones vectors; exact copies
+        rows = sym.dot(ones_pre, v, transpose_a=True)                            # (pre, C)
+        if ones_post is None:
+            return rows.reshape((pre, C, post))
+        return sym.dot(rows.reshape((pre * C, 1)), ones_post, transpose_b=True).reshape((pre, C, post))
+
+    mean = _per_channel_sum(X3, ones_pre, ones_post, sym, (pre, C, post)) / m   # (1, C)
+    xc = X3 - spread(mean)
+    vari = _per_channel_sum(sym.square(xc), ones_pre, ones_post, sym, (pre, C, post)) / m
+    scale = gamma.reshape((1, C)) * sym.rsqrt(vari + eps)
+    Y3 = xc * spread(scale) + spread(beta.reshape((1, C)))
+    return Y3.reshape(shape), mean.reshape((C,)), vari.reshape((C,))
 
 
 def moving_stats_rule(moving_mean, moving_vari, mean, vari, momentum):

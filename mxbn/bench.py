@@ -28,9 +28,10 @@ __all__ = ["median_ms", "op_inputs", "mxbn_ops", "time_op", "step_breakdown", "s
 # LeNet's activations at batch 128 and a 2-D (dense) case.
 OP_SHAPES = [(128, 20, 24, 24), (128, 50, 10, 10), (128, 128)]
 # mxbn's LeNet variants.  "-2dev": data parallel over two devices of the kind
-# (cpu:0,cpu:1 on a CPU), the batch split in halves; "-no-pass": mxbn.jit without its layout pass.
-MXBN_VARIANTS = ["mxbn-static", "mxbn-static-no-pass", "mxbn-fused", "mxbn-scratch", "no-bn", "mxbn-static-2dev",
-                 "mxbn-sync-2dev"]
+# (cpu:0,cpu:1 on a CPU), the batch split in halves; "-no-pass": mxbn.jit without its layout pass;
+# "mxbn-static-scratch": batch_norm's scratch path in the graph (against "mxbn-scratch", imperative).
+MXBN_VARIANTS = ["mxbn-static", "mxbn-static-no-pass", "mxbn-static-scratch", "mxbn-fused", "mxbn-scratch", "no-bn",
+                 "mxbn-static-2dev", "mxbn-sync-2dev"]
 TRAIN_IMAGES = 60000  # Fashion-MNIST training set, for seconds per epoch
 
 
@@ -205,7 +206,8 @@ def time_mxbn_variant(variant, ctx, batches, lr, steps, warmup):
         return _time_data_parallel(ctx, variant, batches, lr, steps, warmup)
     params, state = lenet_params(ctx, use_bn=variant != "no-bn", seed=0)
     if variant.startswith("mxbn-static"):
-        net = jit(lenet, layout_pass=variant != "mxbn-static-no-pass")
+        impl = "scratch" if variant == "mxbn-static-scratch" else "fused"
+        net = jit(functools.partial(lenet, bn_impl=impl), layout_pass=variant != "mxbn-static-no-pass")
     else:
         impl = "scratch" if variant == "mxbn-scratch" else "fused"
         net = functools.partial(lenet, bn_impl=impl)

@@ -17,8 +17,8 @@ from bench_peers.mxnet_peers import PEER_VARIANTS, peer_ops
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the row order of the table
-MODEL_VARIANTS = ["mxbn-static", "mxbn-static-no-pass", "mxbn-fused", "mxbn-scratch", "nd.BatchNorm", "gluon-hybrid",
-                  "no-bn", "mxbn-static-2dev", "mxbn-sync-2dev", "torch-eager"]
+MODEL_VARIANTS = ["mxbn-static", "mxbn-static-no-pass", "mxbn-static-scratch", "mxbn-fused", "mxbn-scratch",
+                  "nd.BatchNorm", "gluon-hybrid", "no-bn", "mxbn-static-2dev", "mxbn-sync-2dev", "torch-eager"]
 assert set(MODEL_VARIANTS) == set(MXBN_VARIANTS + PEER_VARIANTS + ["torch-eager"])
 HEADLINE = "gluon-hybrid"
 
@@ -122,13 +122,13 @@ def format_table(result):
         ratio = r["train_ms"] / base[r["shape"]]["train_ms"]
         lines.append(f"{r['shape']:<16}{r['impl']:<20}{r['train_ms']:>18.3f}{r['infer_ms']:>14.3f}{ratio:>12.2f}x")
     lines += ["", f"LeNet training, median of {result.get('model_rounds', 1)} interleaved round(s)",
-              f"{'LeNet variant':<16}{'images/s':>10}{'ms/step':>10}{'s/epoch':>10}{'peak RSS MB':>13}"
+              f"{'LeNet variant':<22}{'images/s':>10}{'ms/step':>10}{'s/epoch':>10}{'peak RSS MB':>13}"
               f"{'vs gluon':>10}  all rounds (img/s)"]
     for m in result["models"]:
         if "error" in m:
-            lines.append(f"{m['variant']:<16}  failed: {m['error']}")
+            lines.append(f"{m['variant']:<22}  failed: {m['error']}")
             continue
-        lines.append(f"{m['variant']:<16}{m['images_per_sec']:>10.0f}{m['ms_per_step']:>10.2f}"
+        lines.append(f"{m['variant']:<22}{m['images_per_sec']:>10.0f}{m['ms_per_step']:>10.2f}"
                      f"{m['epoch_seconds']:>10.2f}{m['peak_rss_mb']:>13.0f}"
                      f"{m.get('ratio_to_gluon', float('nan')):>9.2f}x"
                      + "  " + " ".join(f"{x:.0f}" for x in m.get("images_per_sec_all", []))
@@ -138,6 +138,10 @@ def format_table(result):
         lines += ["", "default trainer (mxbn-static: models.lenet through mxbn.jit, the trainer's own step): "
                       f"{default.get('ratio_to_gluon', float('nan')):.2f}x Gluon hybridized, "
                       f"{default.get('ratio_to_torch', float('nan')):.2f}x PyTorch eager"]
+    by_name = {m["variant"]: m for m in result["models"] if "error" not in m}
+    if "mxbn-static-scratch" in by_name and "mxbn-scratch" in by_name:
+        ratio = by_name["mxbn-static-scratch"]["images_per_sec"] / by_name["mxbn-scratch"]["images_per_sec"]
+        lines.append(f"impl='scratch' in one graph (mxbn-static-scratch) vs imperatively (mxbn-scratch): {ratio:.2f}x")
     p = result["pipeline"]
     frac = p["fraction_of_mxbn_epoch"]
     lines += ["", f"input pipeline alone: {p['seconds_per_epoch']:.3f} s per epoch"
