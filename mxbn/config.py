@@ -14,10 +14,11 @@ from .optim import OPTIMIZERS
 from .parallel.kvstore import KVSTORE_TYPES
 
 __all__ = ["TrainConfig", "ConfigError", "CliOption", "cli_options", "config_from_options", "LR_SCHEDULES", "GRAPHS",
-           "RESUME_MAY_CHANGE", "KVSTORE_TYPES"]
+           "BN_MODES", "RESUME_MAY_CHANGE", "KVSTORE_TYPES"]
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 GRAPHS = ("static", "imperative")
+BN_MODES = ("train", "frozen")
 
 # Options a resumed run may change; every other one must match the checkpoint.
 RESUME_MAY_CHANGE = ("ctx", "data_dir", "epochs", "trace_bn")
@@ -54,8 +55,17 @@ class TrainConfig:
     lr_factor: float = _option(0.1, "step decay factor")
     optimizer: str = _option("sgd", "the tutorial's plain SGD, or another", choices=sorted(OPTIMIZERS))
     momentum: float = _option(0.9, "for --optimizer momentum")
-    weight_decay: float = _option(0.0, "L2 penalty on every parameter (the tutorial's none)")
+    weight_decay: float = _option(0.0, "L2 penalty on the weights (the tutorial's none); BN gamma/beta and biases "
+                                       "are spared unless --wd-all")
+    wd_all: bool = _option(False, "with --weight-decay: decay every parameter, BN gamma/beta and biases too (as "
+                                  "some tutorials did)")
+    clip_grad_norm: Optional[float] = _option(None, "clip the gradients by their global L2 norm to at most this "
+                                                    "before each update (computed on the device; counted per epoch)")
     use_bn: bool = _option(True, "LeNet without batch norm", flag="--no-bn")
+    bn_mode: str = _option("train", "train: BN normalizes with batch statistics and updates its moving ones; "
+                                    "frozen: BN normalizes with the moving statistics and keeps them (fine-tuning, "
+                                    "as Gluon's use_global_stats)", choices=BN_MODES)
+    freeze_affine: bool = _option(False, "BN gamma and beta are not trained")
     bn_momentum: float = _option(0.9, "moving = m*moving + (1-m)*batch (MXNet convention; the tutorial's 0.9)")
     bn_impl: str = _option("fused", "fused kernel or from-primitives batch_norm (same numbers)",
                            choices=BATCH_NORM_IMPLS)
@@ -70,6 +80,13 @@ class TrainConfig:
     seed: int = _option(0, "seeds the initialisation, the batch order and the augmentation")
     augment: bool = _option(False, "random horizontal flips and shifts (on the device)")
     max_shift: int = _option(2, "pixels, with --augment")
+    val_size: Optional[int] = _option(None, "training images held out for validation (class-balanced, the same "
+                                            "for every --seed, before --limit-train); the best epoch and --patience "
+                                            "use it, never the test set; default 1/12 of the training set (5,000 of "
+                                            "Fashion-MNIST's 60,000); 0: train on all, as the tutorial did")
+    patience: Optional[int] = _option(None, "stop after N epochs without a better validation accuracy")
+    init_from: Optional[str] = _option(None, "start from the parameters and BN statistics of this checkpoint "
+                                             "(another run's checkpoint.params or best.params, same architecture)")
     limit_train: Optional[int] = _option(None, "use the first N training images (quick runs)")
     limit_test: Optional[int] = _option(None, "use the first N test images")
     kvstore: Optional[str] = _option(None, "how gradients are summed: device/local within this process (default "
@@ -103,6 +120,7 @@ class TrainConfig:
                                   f"one; list several (e.g. --ctx gpu:0,gpu:1) or leave out --bn-sync")
         if self.trace_bn and not self.use_bn:
             raise ConfigError("trace_bn follows the batch-norm layers; it cannot be combined with --no-bn")
+        self._check_fine_tuning()
         if (len(devices) > 1 and devices[0][0] == "cpu" and self.bn_impl == "scratch"
                 and self.graph == "imperative"):
             # its imperative statistics are GEMVs; MXNet's OpenBLAS hangs when two CPU contexts call it at
@@ -114,6 +132,17 @@ class TrainConfig:
         self._check_schedule()
         self._check_used()
         return self
+
+    def _check_fine_tuning(self):
+        _one_of("bn_mode", self.bn_mode, BN_MODES)
+        for name, on in (("bn_mode", self.bn_mode != "train"), ("freeze_affine", self.freeze_affine)):
+            if on and not self.use_bn:
+                raise ConfigError(f"{flag_of(name)} applies to batch norm; it cannot be combined with --no-bn")
+        if self.bn_mode == "frozen" and self.bn_sync:
+            raise ConfigError("--bn-mode frozen normalizes with the moving statistics, so there are no batch "
+                              "statistics to synchronize: leave out --bn-sync")
+        if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
+            raise ConfigError(f"init_from ({flag_of('init_from')}) must be a checkpoint path, got {self.init_from!r}")
 
     def _check_ranges(self):
         _positive_int("epochs", self.epochs)
@@ -129,9 +158,16 @@ class TrainConfig:
         if self.max_shift > MAX_SHIFT:
             raise ConfigError(f"max_shift ({flag_of('max_shift')}) must be in 0..{MAX_SHIFT} pixels: a shift of "
                               f"half the 28-pixel image or more leaves less than half of it; got {self.max_shift}")
-        for name in ("limit_train", "limit_test"):
+        for name in ("limit_train", "limit_test", "patience"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        if self.val_size is not None:
+            _non_negative_int("val_size", self.val_size)
+        if self.clip_grad_norm is not None:
+            _positive_float("clip_grad_norm", self.clip_grad_norm)
+        if self.patience is not None and self.val_size == 0:
+            raise ConfigError(f"patience ({flag_of('patience')}) stops on the validation accuracy, and "
+                              f"--val-size 0 holds out no validation set")
 
     def _check_schedule(self):
         """The warm-up and the step epochs lie within the run (bounds named by --epochs' value)."""
@@ -156,7 +192,8 @@ class TrainConfig:
         inert = [("max_shift", not self.augment, "--augment"),
                  ("lr_step_epochs", self.lr_schedule != "step", "--lr-schedule step"),
                  ("momentum", self.optimizer != "momentum", "--optimizer momentum"),
-                 ("layout_pass", self.graph != "static", "--graph static")]
+                 ("layout_pass", self.graph != "static", "--graph static"),
+                 ("wd_all", self.weight_decay == 0, "--weight-decay > 0")]
         for name, unused, needs in inert:
             if unused and getattr(self, name) != _DEFAULTS[name]:
                 raise ConfigError(f"{flag_of(name)} applies only with {needs}; it would be ignored here "
@@ -182,6 +219,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown configuration keys {unknown}")
         d = dict(d)
+        # a configuration written before validation splits existed trained on every training image
+        d.setdefault("val_size", 0)
         if "lr_step_epochs" in d:
             d["lr_step_epochs"] = tuple(d["lr_step_epochs"])
         return cls(**d)

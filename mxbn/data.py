@@ -19,7 +19,8 @@ from mxnet import nd
 
 __all__ = [
     "DataError", "DATASETS", "Dataset", "read_idx", "load_split", "user_dirs", "candidate_dirs", "find_data_dir",
-    "download", "load_dataset", "to_device", "images_to_device", "epoch_batches", "write_idx",
+    "download", "load_dataset", "to_device", "images_to_device", "epoch_batches", "write_idx", "validation_split",
+    "VALIDATION_SEED", "default_validation_size",
 ]
 
 SPLIT_FILES = {
@@ -267,6 +268,44 @@ def load_dataset(name, data_dir=None, allow_download=True, environ=os.environ):
 # --------------------------------------------------------------------------- #
 # device-resident batches
 # --------------------------------------------------------------------------- #
+# The validation split is the same for every --seed: runs that differ in their seed are compared on the
+# same held-out images.
+VALIDATION_SEED = 20170
+# the default split: 1/12 of the training set, 5,000 of Fashion-MNIST's (and MNIST's) 60,000
+DEFAULT_VALIDATION_FRACTION = 12
+
+
+def default_validation_size(num_train):
+    return num_train // DEFAULT_VALIDATION_FRACTION
+
+
+def validation_split(labels, size, seed=VALIDATION_SEED):
+    """(training indices, validation indices), each in the data's order: ``size`` samples held out,
+    class-balanced (each class in proportion to its count, the remainders to the largest fractions,
+    then by label), drawn by ``seed``.  Raises DataError when the split would leave a class without a
+    training sample or ``size`` is not in 0..len(labels) - 1."""
+    labels = np.asarray(labels).astype(np.int64)
+    n = len(labels)
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 0 <= size < n:
+        raise DataError(f"the validation split must hold 0..{n - 1} of the {n} training samples, got {size!r}")
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = size * counts / n
+    quota = np.floor(exact).astype(np.int64)
+    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - quota[i]), classes[i]))
+    quota[order[:size - int(quota.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    held = []
+    for c, count, q in zip(classes, counts, quota):
+        if q >= count:
+            raise DataError(f"a validation split of {size} would hold out all {count} training samples of class "
+                            f"{c}; choose a smaller one")
+        held.append(rng.permutation(np.flatnonzero(labels == c))[:q])
+    val = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    keep = np.ones(n, bool)
+    keep[val] = False
+    return np.flatnonzero(keep), val
+
+
 def to_device(images, labels, ctx, limit=None):
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] on ``ctx``; labels float32 (N,).
 

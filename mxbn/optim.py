@@ -9,7 +9,10 @@ Each optimizer is a small immutable object holding hyper-parameters, with
 State goes in and comes out explicitly so that a checkpoint can hold it.  The
 formulas are those of the "tricks of training" chapter (Saito, *Deep Learning
 from Scratch*, ch. 6), with optional L2 weight decay folded into the gradient,
-``g <- g + weight_decay * p``:
+``g <- g + weight_decay * p`` -- for every parameter except those whose name ends
+with one of ``wd_exclude`` (``NO_DECAY_SUFFIXES``: batch-norm gamma/beta and biases,
+which the trainer spares by default: decaying gamma fights the normalization, and a
+bias or beta has no scale to regularize):
 
 * SGD       ``p -= lr * g``
 * Momentum  ``v = momentum*v - lr*g;  p += v``
@@ -32,7 +35,11 @@ from mxnet import nd
 
 from ._checks import finite_non_negative, finite_positive, is_real
 
-__all__ = ["SGD", "Momentum", "AdaGrad", "Adam", "OPTIMIZERS", "make_optimizer"]
+__all__ = ["SGD", "Momentum", "AdaGrad", "Adam", "OPTIMIZERS", "make_optimizer", "NO_DECAY_SUFFIXES",
+           "clip_by_global_norm"]
+
+# Parameter-name endings that the trainer's weight decay spares (Gluon users set wd_mult=0 on these).
+NO_DECAY_SUFFIXES = ("_gamma", "_beta", "_bias")
 
 # The chapter's epsilon for AdaGrad and Adam.
 _EPS = 1e-7
@@ -43,8 +50,11 @@ def _check_unit_interval(name, value):
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
 
 
-def _check_weight_decay(value):
+def _check_weight_decay(value, exclude=()):
     finite_non_negative("weight_decay", value)
+    if not isinstance(exclude, tuple) or not all(isinstance(e, str) and e for e in exclude):
+        raise ValueError(f"wd_exclude must be a tuple of parameter-name endings (e.g. {NO_DECAY_SUFFIXES}), "
+                         f"got {exclude!r}")
 
 
 def _zeros_like_all(params):
@@ -81,7 +91,11 @@ class _Optimizer:
     @classmethod
     def hyperparameters(cls):
         """The hyperparameters this optimizer takes besides ``lr`` and ``weight_decay`` (its own fields)."""
-        return tuple(f.name for f in fields(cls) if f.name not in ("lr", "weight_decay"))
+        return tuple(f.name for f in fields(cls) if f.name not in ("lr", "weight_decay", "wd_exclude"))
+
+    def wd_of(self, name):
+        """The weight decay of parameter ``name``: ``weight_decay``, or 0 for a name ending in ``wd_exclude``."""
+        return 0.0 if name.endswith(self.wd_exclude) else float(self.weight_decay)
 
     def init(self, params):
         """Fresh optimizer state for ``params`` (a dict name -> NDArray)."""
@@ -113,10 +127,11 @@ class SGD(_Optimizer):
     """``p -= lr * (g + weight_decay * p)``."""
     lr: float = 0.1
     weight_decay: float = 0.0
+    wd_exclude: tuple = ()
 
     def __post_init__(self):
         finite_positive("lr", self.lr)
-        _check_weight_decay(self.weight_decay)
+        _check_weight_decay(self.weight_decay, self.wd_exclude)
 
     def _apply(self, params, grads, state, lr):
         """Without weight decay one ``multi_sgd_update`` per group of parameters (bit-identical to
@@ -129,7 +144,7 @@ class SGD(_Optimizer):
                                 out=[params[n] for n in names])
 
     def _step(self, name, p, g, state, lr):
-        nd.sgd_update(p, g, lr=lr, wd=self.weight_decay, out=p)
+        nd.sgd_update(p, g, lr=lr, wd=self.wd_of(name), out=p)
 
 
 @dataclass(frozen=True)
@@ -138,12 +153,13 @@ class Momentum(_Optimizer):
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
+    wd_exclude: tuple = ()
     slot_names = ("v",)
 
     def __post_init__(self):
         finite_positive("lr", self.lr)
         _check_unit_interval("momentum", self.momentum)
-        _check_weight_decay(self.weight_decay)
+        _check_weight_decay(self.weight_decay, self.wd_exclude)
 
     def _apply(self, params, grads, state, lr):
         """One ``multi_sgd_mom_update`` per group of parameters (bit-identical to ``sgd_mom_update``, with or
@@ -151,7 +167,7 @@ class Momentum(_Optimizer):
         velocity = state["slots"]["v"]
         for names in _multi_tensor_groups(params):
             triples = [a for n in names for a in (params[n], grads[n], velocity[n])]
-            nd.multi_sgd_mom_update(*triples, lrs=(lr,) * len(names), wds=(float(self.weight_decay),) * len(names),
+            nd.multi_sgd_mom_update(*triples, lrs=(lr,) * len(names), wds=tuple(self.wd_of(n) for n in names),
                                     momentum=self.momentum, num_weights=len(names), out=[params[n] for n in names])
 
 
@@ -160,15 +176,16 @@ class AdaGrad(_Optimizer):
     """``h += g*g;  p -= lr * g / (sqrt(h) + 1e-7)``."""
     lr: float = 0.01
     weight_decay: float = 0.0
+    wd_exclude: tuple = ()
     slot_names = ("h",)
 
     def __post_init__(self):
         finite_positive("lr", self.lr)
-        _check_weight_decay(self.weight_decay)
+        _check_weight_decay(self.weight_decay, self.wd_exclude)
 
     def _step(self, name, p, g, state, lr):
-        if self.weight_decay:
-            g = g + self.weight_decay * p
+        if self.wd_of(name):
+            g = g + self.wd_of(name) * p
         h = state["slots"]["h"][name]
         h += nd.square(g)
         p -= lr * g / (nd.sqrt(h) + _EPS)
@@ -181,13 +198,14 @@ class Adam(_Optimizer):
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
+    wd_exclude: tuple = ()
     slot_names = ("m", "v")
 
     def __post_init__(self):
         finite_positive("lr", self.lr)
         _check_unit_interval("beta1", self.beta1)
         _check_unit_interval("beta2", self.beta2)
-        _check_weight_decay(self.weight_decay)
+        _check_weight_decay(self.weight_decay, self.wd_exclude)
 
     def _apply(self, params, grads, state, lr):
         t = state["t"]
@@ -196,8 +214,8 @@ class Adam(_Optimizer):
         slots = state["slots"]
         for name, p in params.items():
             g = grads[name]
-            if self.weight_decay:
-                g = g + self.weight_decay * p
+            if self.wd_of(name):
+                g = g + self.wd_of(name) * p
             m, v = slots["m"][name], slots["v"][name]
             m += (1.0 - self.beta1) * (g - m)
             v += (1.0 - self.beta2) * (nd.square(g) - v)
@@ -207,10 +225,28 @@ class Adam(_Optimizer):
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adagrad": AdaGrad, "adam": Adam}
 
 
-def make_optimizer(name, lr, weight_decay=0.0, **hyper):
-    """Build an optimizer by its command-line name (``sgd``, ``momentum``, ``adagrad``, ``adam``)."""
+def make_optimizer(name, lr, weight_decay=0.0, wd_exclude=(), **hyper):
+    """Build an optimizer by its command-line name (``sgd``, ``momentum``, ``adagrad``, ``adam``);
+    ``wd_exclude``: parameter-name endings that get no weight decay (``NO_DECAY_SUFFIXES``)."""
     try:
         cls = OPTIMIZERS[name]
     except KeyError:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}") from None
-    return cls(lr=lr, weight_decay=weight_decay, **hyper)
+    return cls(lr=lr, weight_decay=weight_decay, wd_exclude=tuple(wd_exclude), **hyper)
+
+
+def clip_by_global_norm(grads, max_norm):
+    """Scale every gradient in place by ``min(1, max_norm / (norm + 1e-6))``, ``norm`` the L2 norm of all of
+    them together (PyTorch's ``clip_grad_norm_``); returns a (1,) array, 1 where the clip fired.
+
+    Computed on the device (float32 sums of squares, one per gradient): no host sync.
+    """
+    grads = list(grads)
+    if not grads:
+        raise ValueError("clip_by_global_norm: no gradients")
+    squares = [nd.sum(nd.square(g.astype("float32"))) for g in grads]
+    norm = nd.sqrt(nd.add_n(*squares) if len(squares) > 1 else squares[0])
+    scale = nd.minimum(nd.ones_like(norm), float(max_norm) / (norm + 1e-6))
+    for g in grads:
+        g *= scale.astype(g.dtype)
+    return norm > float(max_norm)

@@ -29,14 +29,17 @@ def subplots(nrows=1, ncols=1, figsize=None, **kwargs):
 
 
 def plot_history(history, path, title="LeNet training"):
-    """Write a PNG of train/test loss and accuracy per epoch; returns ``path``."""
+    """Write a PNG of train/validation/test loss and accuracy per epoch (validation when the history has
+    it); returns ``path``."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
+    splits = [("train", "o-"), ("val", "^-"), ("test", "s-")]
+    for split, style in splits:
+        if history and f"{split}_loss" in history[0]:
+            label = "validation" if split == "val" else split
+            ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], style, label=label)
+            ax_acc.plot(epochs, [h[f"{split}_acc"] for h in history], style, label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [h["test_acc"] for h in history], "s-", label="test")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers

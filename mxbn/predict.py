@@ -22,12 +22,20 @@ from .jit import jit
 from .models import lenet, lenet_params
 from .train import predict
 
-__all__ = ["ImageError", "Prediction", "load_image", "classify_images", "load_lenet_checkpoint", "make_net"]
+__all__ = ["ImageError", "Prediction", "load_image", "classify_images", "load_lenet_checkpoint", "make_net",
+           "lenet_frozen_bn"]
+
+
+def lenet_frozen_bn(params, state, X, is_training, **options):
+    """``models.lenet`` whose batch norms always normalize with, and keep, their moving statistics
+    (``--bn-mode frozen``): in training too, whatever ``is_training`` says, so nothing can unfreeze them."""
+    return lenet(params, state, X, False, **options)
 
 
 def make_net(config):
     """The LeNet forward function for ``config``: one static graph (mxbn.jit) or the functional ops one by one."""
-    net = functools.partial(lenet, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
+    forward = lenet_frozen_bn if config.bn_mode == "frozen" else lenet
+    net = functools.partial(forward, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
     return jit(net, layout_pass=config.layout_pass) if config.graph == "static" else net
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 
+import mxnet as mx
 import numpy as np
 
 from . import __version__, _runtime
@@ -23,24 +24,26 @@ from .augment import random_flip_shift
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .context import resolve_context, resolve_contexts
-from .data import DATASETS, load_dataset, to_device
+from .data import DATASETS, DataError, default_validation_size, load_dataset, to_device, validation_split
 from .models import LENET_BLOCKS, LENET_STAGE_NORMS, LENET_STAGES, lenet_params, min_train_batch_size
-from .optim import make_optimizer
+from .optim import NO_DECAY_SUFFIXES, make_optimizer
 from .parallel import (DataParallelStep, across_devices, create_kvstore, fingerprint, is_distributed,
                        jitted_stages, per_device, shard)
 from .predict import load_lenet_checkpoint, make_net
 from .plot import plot_bn_trace, plot_confusion, plot_history, plot_predictions
 from .seeding import seed_everything
-from .train import HISTORY_COLUMNS, confusion_matrix, evaluate, fit, predict
+from .train import (HISTORY_COLUMNS, SingleDeviceStep, best_epoch, confusion_matrix, epochs_without_improvement,
+                    evaluate, fit, predict, trainable_subset)
 
 __all__ = ["train_cnn", "eval_checkpoint", "prepare_out_dir", "make_lr_schedule",
            "RUN_FILES", "OutDirError"]
 
 CHECKPOINT = "checkpoint.params"
+BEST = "best.params"   # the epoch of the best validation accuracy, in the checkpoint's format
 METRICS = "metrics.json"
 EVALUATION = "evaluation.json"
 BN_TRACE = "bn_trace.json"
-RUN_FILES = ("config.json", CHECKPOINT, METRICS, "metrics.csv", "curves.png", EVALUATION, "confusion.png",
+RUN_FILES = ("config.json", CHECKPOINT, BEST, METRICS, "metrics.csv", "curves.png", EVALUATION, "confusion.png",
              "predictions.png", BN_TRACE, "bn_trace.png")
 
 
@@ -49,8 +52,10 @@ class OutDirError(ConfigError):
 
 
 def run_files(config):
-    """The files of RUN_FILES a run with ``config`` writes (the BN trace only with trace_bn)."""
-    return tuple(f for f in RUN_FILES if config.trace_bn or f not in (BN_TRACE, "bn_trace.png"))
+    """The files of RUN_FILES a run with ``config`` writes (the BN trace only with trace_bn, best.params only
+    with a validation split)."""
+    return tuple(f for f in RUN_FILES if (config.trace_bn or f not in (BN_TRACE, "bn_trace.png"))
+                 and (config.val_size != 0 or f != BEST))
 
 
 def prepare_out_dir(out_dir, resume=False, overwrite=False, writes=RUN_FILES):
@@ -136,15 +141,27 @@ def _history_csv(history):
     return buf.getvalue()
 
 
-def _write_results(out_dir, config, dataset, ctx, history, workers=1, threads_per_part=()):
-    best = max(history, key=lambda h: h["test_acc"])
+def _best_record(history):
+    """metrics.json's "best": the epoch chosen by validation accuracy alone, its validation numbers and, for
+    the report, the test accuracy of that epoch's model (best.params); None without a validation split."""
+    epoch = best_epoch(history)
+    if epoch is None:
+        return None
+    h = history[epoch - 1]
+    return dict(epoch=epoch, selected_by="validation accuracy", file=BEST, val_acc=h["val_acc"],
+                val_loss=h["val_loss"], test_acc=h["test_acc"], test_loss=h["test_loss"])
+
+
+def _write_results(out_dir, config, dataset, ctx, history, workers=1, threads_per_part=(), early_stopped=False):
     metrics = dict(
         mxbn_version=__version__, config=config.to_dict(), dataset=dataset.name, data_source=dataset.source,
         context=str(ctx), workers=workers, threads=_runtime.thread_settings(),
         threads_per_part=list(threads_per_part), history=history,
-        final=dict(epoch=history[-1]["epoch"], test_acc=history[-1]["test_acc"],
-                   test_loss=history[-1]["test_loss"], train_acc=history[-1]["train_acc"]),
-        best=dict(epoch=best["epoch"], test_acc=best["test_acc"]))
+        # the test numbers belong to the model of the epoch named beside them (checkpoint.params)
+        final=dict(epoch=history[-1]["epoch"], file=CHECKPOINT, test_acc=history[-1]["test_acc"],
+                   test_loss=history[-1]["test_loss"], train_acc=history[-1]["train_acc"],
+                   val_acc=history[-1].get("val_acc")),
+        best=_best_record(history), early_stopped=early_stopped)
     atomic_write_json(os.path.join(out_dir, METRICS), metrics)
     atomic_write_text(os.path.join(out_dir, "metrics.csv"), _history_csv(history))
     title = f"LeNet{'-BN' if config.use_bn else ''} on {dataset.name}"
@@ -198,7 +215,8 @@ def _write_bn_trace(out_dir, trace, layer_names, dataset_name):
 def _build(config, ctx, log, rank=0, workers=1):
     """Data on the device (worker ``rank``'s share of the training set), model, optimizer and schedule."""
     dataset = load_dataset(config.dataset, config.data_dir)
-    images, labels = dataset.train_images[:config.limit_train], dataset.train_labels[:config.limit_train]
+    images, labels, val = _split_validation(config, dataset)
+    images, labels = images[:config.limit_train], labels[:config.limit_train]
     if workers > 1:
         images, labels, left_out = shard(images, labels, rank, workers)
         log(f"worker {rank} of {workers}: training samples {rank * len(labels)}..{(rank + 1) * len(labels) - 1}"
@@ -207,16 +225,32 @@ def _build(config, ctx, log, rank=0, workers=1):
         raise ConfigError(f"batch_size {config.batch_size} is larger than the training set "
                           f"({len(labels)} samples{' per worker' if workers > 1 else ''})")
     train = to_device(images, labels, ctx)
+    val = to_device(*val, ctx) if val is not None else None
     test = to_device(dataset.test_images, dataset.test_labels, ctx, config.limit_test)
     params, state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=config.seed,
                                  init_scale=config.init_scale)
     name, lr, weight_decay, hyper = config.optimizer_options()
-    optimizer = make_optimizer(name, lr, weight_decay, **hyper)
+    optimizer = make_optimizer(name, lr, weight_decay, wd_exclude=() if config.wd_all else NO_DECAY_SUFFIXES, **hyper)
     iters_per_epoch = -(-train[0].shape[0] // config.batch_size)
     schedule = make_lr_schedule(config, iters_per_epoch)
-    log(f"data: {dataset.name} from {dataset.source}: {train[0].shape[0]} train / {test[0].shape[0]} "
-        f"test images on {ctx}")
-    return dataset, train, test, params, state, optimizer, schedule
+    log(f"data: {dataset.name} from {dataset.source}: {train[0].shape[0]} train / "
+        + (f"{val[0].shape[0]} validation / " if val is not None else "")
+        + f"{test[0].shape[0]} test images on {ctx}")
+    return dataset, train, val, test, params, state, optimizer, schedule
+
+
+def _split_validation(config, dataset):
+    """(training images, their labels, (validation images, labels) or None): --val-size held out of the
+    whole training set, before --limit-train takes the first of the rest."""
+    size = config.val_size if config.val_size is not None else default_validation_size(len(dataset.train_labels))
+    if size == 0:
+        return dataset.train_images, dataset.train_labels, None
+    try:
+        keep, held = validation_split(dataset.train_labels, size)
+    except DataError as e:
+        raise ConfigError(f"--val-size {size}: {e}") from None
+    return (dataset.train_images[keep], dataset.train_labels[keep],
+            (dataset.train_images[held], dataset.train_labels[held]))
 
 
 class _StopFlag:
@@ -301,19 +335,23 @@ class _RunFiles:
         self.threads_per_part = threads_per_part
         self.ckpt_path = os.path.join(out_dir, CHECKPOINT)
 
-    def save(self, position, history):
+    def save(self, position, history, path=None):
         meta = dict(mxbn_version=__version__, config=self.config.to_dict(), position=position, history=history,
                     epoch=position["epoch"], model="lenet", threads_per_part=self.threads_per_part)
-        save_checkpoint(self.ckpt_path, self.params, self.state, self.opt_state, meta)
+        save_checkpoint(path or self.ckpt_path, self.params, self.state, self.opt_state, meta)
 
     def on_epoch_end(self, epoch, history):
         if self.primary:
             self.save(dict(epoch=epoch, batch=0), history)
+            if best_epoch(history) == epoch:
+                self.save(dict(epoch=epoch, batch=0), history, os.path.join(self.out_dir, BEST))
             self.write_results(history)
 
     def write_results(self, history):
+        patience = self.config.patience
+        early = patience is not None and epochs_without_improvement(history) >= patience
         return _write_results(self.out_dir, self.config, self.dataset, self.devices, history, self.workers,
-                              self.threads_per_part)
+                              self.threads_per_part, early_stopped=early and len(history) < self.config.epochs)
 
     def on_interrupt(self, position, history):
         if self.primary:
@@ -323,15 +361,35 @@ class _RunFiles:
                  f"the same command and --resume")
 
 
-def _data_parallel_step(config, net, contexts, params, state, optimizer, opt_state, kv):
-    """The step over several devices or workers (None with no kvstore: fit's single-device step)."""
+def trainable_names(config, params):
+    """The parameters that learn: all, or all but BN gamma/beta with --freeze-affine."""
+    frozen = ("_gamma", "_beta") if config.freeze_affine else ()
+    return [name for name in params if not name.endswith(frozen)]
+
+
+def _training_step(config, net, contexts, params, state, optimizer, opt_state, kv):
+    """The step on one device, or over several devices or workers (with a kvstore)."""
+    trainable = trainable_names(config, params)
     if kv is None:
-        return None
+        return SingleDeviceStep(net, params, state, optimizer, opt_state, config.clip_grad_norm, trainable)
     stages = jitted_stages(LENET_STAGES, config.layout_pass) if config.graph == "static" else LENET_STAGES
     forward = (functools.partial(across_devices, stages, LENET_STAGE_NORMS, bn_momentum=config.bn_momentum)
                if config.bn_sync else per_device(net))
     return DataParallelStep(forward, contexts, params, state, optimizer, opt_state, kv,
-                            stats_synchronized=config.bn_sync)
+                            stats_synchronized=config.bn_sync, clip_grad_norm=config.clip_grad_norm,
+                            trainable=trainable)
+
+
+def _initial_values(config, params, state, ctx, log):
+    """--init-from: copy another run's parameters and BN statistics into ``params`` and ``state`` (checked
+    first against this run's architecture, the mismatch named)."""
+    ckpt, _ = load_lenet_checkpoint(config.init_from, ctx)
+    check_compatible(config.init_from, params, ckpt["params"], "parameters")
+    check_compatible(config.init_from, state, ckpt["state"], "batch-norm statistics")
+    for mine, theirs in ((params, ckpt["params"]), (state, ckpt["state"])):
+        for name, value in theirs.items():
+            value.copyto(mine[name])
+    log(f"initialized from {config.init_from} (epoch {ckpt['meta'].get('epoch')} of its run)")
 
 
 def _bn_trace(config, train, test, params, state, resumed):
@@ -388,6 +446,9 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
     if not primary:
         log = _prefixed(log, f"[worker {rank}] ")
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    if config.init_from is not None and not resume:
+        # a missing, corrupt or other-architecture checkpoint is refused before --out is touched
+        _initial_values(config, *lenet_params(mx.cpu(), use_bn=config.use_bn, seed=0), mx.cpu(), lambda _: None)
     created = primary and not os.path.exists(out_dir)
     if primary:
         prepare_out_dir(out_dir, resume, overwrite, writes=run_files(config))
@@ -413,16 +474,19 @@ def _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, ran
             + (f", worker {rank} of {workers}" if workers > 1 else "")
             + (", batch norm synchronized across devices" if config.bn_sync else ""))
     seed_everything(config.seed)
-    dataset, train, test, params, state, optimizer, schedule = _build(config, ctx, log, rank, workers)
-    opt_state, start, history, parts = optimizer.init(params), None, [], []
+    dataset, train, val, test, params, state, optimizer, schedule = _build(config, ctx, log, rank, workers)
+    opt_state = optimizer.init(trainable_subset(params, trainable_names(config, params)))
+    start, history, parts = None, [], []
     if resume:
         params, state, opt_state, history, start, parts = _resume(ckpt_path, config, ctx, params, state, log)
+    elif config.init_from is not None:
+        _initial_values(config, params, state, ctx, log)
     parts = parts + [_threads_part(start)]
     if primary:
         atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
     files = _RunFiles(out_dir, config, dataset, devices, workers, primary, params, state, opt_state, log, parts)
     net = make_net(config)
-    step = _data_parallel_step(config, net, contexts, params, state, optimizer, opt_state, kv)
+    step = _training_step(config, net, contexts, params, state, optimizer, opt_state, kv)
     augment = (functools.partial(random_flip_shift, max_shift=config.max_shift) if config.augment else None)
     # each device's slice needs the batch statistics' minimum
     min_batch = len(contexts) * min_train_batch_size(params, dense_bn=False)
@@ -432,16 +496,18 @@ def _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, ran
                       seed=config.seed, lr_schedule=schedule, augment=augment, min_batch_size=min_batch,
                       start=start, history=history, on_epoch_end=files.on_epoch_end,
                       on_interrupt=files.on_interrupt, stop_requested=stop, on_nan=on_nan,
-                      progress=progress and primary, log=log, step=step, after_step=trace)
+                      progress=progress and primary, log=log, step=step, after_step=trace, val_data=val,
+                      patience=config.patience)
     if kv is not None:
         _log_fingerprint(step, params, contexts, log)
     if not primary:
         return None
     metrics = _finish(files, history, net, test, trace)
-    final = metrics["final"]
-    log(f"done: {len(history)} epochs, final test accuracy {final['test_acc']:.4f} "
-        f"(best {metrics['best']['test_acc']:.4f} at epoch {metrics['best']['epoch']}), "
-        f"{sum(h['seconds'] for h in history):.1f} s in all; results in {out_dir}")
+    final, best = metrics["final"], metrics["best"]
+    log(f"done: {len(history)} epochs, test accuracy {final['test_acc']:.4f} after epoch {final['epoch']}"
+        + (f"; best validation accuracy {best['val_acc']:.4f} at epoch {best['epoch']} ({BEST}, test "
+           f"accuracy {best['test_acc']:.4f})" if best else "")
+        + f", {sum(h['seconds'] for h in history):.1f} s in all; results in {out_dir}")
     return metrics
 
 

@@ -17,10 +17,12 @@ from mxnet import autograd, nd
 from . import functional as F
 from .data import epoch_batches
 from .jit import jit_like, unjitted
+from .optim import clip_by_global_norm
 from .seeding import augment_rng, epoch_seed, shuffle_rng
 
 __all__ = ["fit", "evaluate", "predict", "confusion_matrix", "loss_and_correct", "TrainStep", "SingleDeviceStep",
-           "attach_gradients", "gradients_of", "TrainingDiverged", "TrainingInterrupted"]
+           "GradientClipper", "attach_gradients", "gradients_of", "TrainingDiverged", "TrainingInterrupted",
+           "best_epoch", "epochs_without_improvement", "trainable_subset"]
 
 # Batches between two reads of the running metrics.  Reading is a host-device
 # sync point; without any, Python would queue the whole epoch on MXNet's
@@ -136,10 +138,13 @@ class TrainStep:
     # several processes that must agree on stopping (see DataParallelStep)
     collective = False
 
-    def __init__(self, loss_fn, params, state, optimizer, opt_state):
+    def __init__(self, loss_fn, params, state, optimizer, opt_state, clip_grad_norm=None, trainable=None):
         self.loss_fn, self.params, self.state = loss_fn, params, state
         self.optimizer, self.opt_state = optimizer, opt_state
-        attach_gradients(params)
+        # the parameters that learn (all by default); the others get no gradient and are only read
+        self.trainable = trainable_subset(params, trainable)
+        attach_gradients(self.trainable)
+        self.clipper = GradientClipper(clip_grad_norm, next(iter(params.values())).context)
 
     def seed_epoch(self, value):
         mx.random.seed(value, ctx=next(iter(self.params.values())).context)
@@ -153,7 +158,9 @@ class TrainStep:
         return loss.detach(), (aux.detach() if aux is not None else None)
 
     def apply(self, lr=None):
-        self.optimizer.update(self.params, gradients_of(self.params), self.opt_state, lr=lr)
+        grads = gradients_of(self.trainable)
+        self.clipper(grads.values())
+        self.optimizer.update(self.trainable, grads, self.opt_state, lr=lr)
 
     def __call__(self, X, y, lr=None):
         """forward_backward, then apply: one whole step; returns (loss, aux)."""
@@ -165,15 +172,49 @@ class TrainStep:
 class SingleDeviceStep(TrainStep):
     """The trainer's step for a classifier ``net``: mean cross-entropy and the correct count."""
 
-    def __init__(self, net, params, state, optimizer, opt_state):
+    def __init__(self, net, params, state, optimizer, opt_state, clip_grad_norm=None, trainable=None):
         self.net = net
-        super().__init__(loss_and_correct(net, is_training=True), params, state, optimizer, opt_state)
+        super().__init__(loss_and_correct(net, is_training=True), params, state, optimizer, opt_state,
+                         clip_grad_norm, trainable)
+
+
+def trainable_subset(params, names=None):
+    """``{name: array}`` of the parameters in ``names`` (all of ``params`` when None), in params' order."""
+    if names is None:
+        return dict(params)
+    unknown = sorted(set(names) - set(params))
+    if unknown:
+        raise KeyError(f"trainable names {unknown} are not parameters (known: {sorted(params)})")
+    return {k: v for k, v in params.items() if k in set(names)}
+
+
+class GradientClipper:
+    """Clips gradients by their global norm before each update (``clip_by_global_norm``), or does nothing
+    (``max_norm`` None); counts on the device how often it fired, read once per epoch (``take_count``)."""
+
+    def __init__(self, max_norm, ctx):
+        if max_norm is not None and not (isinstance(max_norm, (int, float)) and 0 < max_norm < math.inf):
+            raise ValueError(f"clip_grad_norm must be a number > 0, got {max_norm!r}")
+        self.max_norm = max_norm
+        self.count = nd.zeros((1,), ctx=ctx)
+
+    def __call__(self, grads):
+        if self.max_norm is not None:
+            self.count += clip_by_global_norm(grads, self.max_norm)
+
+    def take_count(self):
+        """How often it fired since the last call (a host read), or None when it does not clip."""
+        if self.max_norm is None:
+            return None
+        fired = int(self.count.asscalar())
+        self.count[:] = 0
+        return fired
 
 
 def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epochs, batch_size, seed=0,
         lr_schedule=None, augment=None, min_batch_size=1, start=None, history=None, on_epoch_end=None,
         on_interrupt=None, stop_requested=None, on_nan="stop", max_skipped=10, progress=False, log=print,
-        step=None, after_step=None):
+        step=None, after_step=None, val_data=None, patience=None):
     """Train ``net`` in place and return the history (a list of per-epoch dicts).
 
     Parameters
@@ -182,7 +223,12 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
     params, state : dict name -> NDArray
         Learned parameters (updated by ``optimizer``) and BN state (updated by the net).
     optimizer, opt_state : an ``mxbn.optim`` optimizer and its state (updated in place)
-    train_data, test_data : (X, y) NDArrays on the training context
+    train_data, test_data : (X, y) NDArrays on the training context; the test set is evaluated after every
+        epoch for the record and the curves, and never decides anything
+    val_data : (X, y) or None -- the validation set, evaluated after every epoch: ``best_epoch`` and early
+        stopping read it alone
+    patience : int or None -- stop after this many epochs without a better validation accuracy
+        (needs ``val_data``)
     num_epochs : int -- train until this many epochs are done
     batch_size : int
     seed : int -- every random draw of training derives from it: the shuffle of
@@ -216,8 +262,12 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
     if on_nan == "skip" and step.collective:
         raise ValueError("on_nan='skip' cannot be used across processes: a worker skipping a batch alone "
                          "would leave the others waiting for its gradients")
+    if patience is not None and val_data is None:
+        raise ValueError("patience stops on the validation accuracy: it needs val_data")
     history = list(history or [])
     start = dict(start or {"epoch": len(history), "batch": 0})
+    if _patience_exhausted(history, patience, log):
+        return history
     loop = _EpochLoop(step, optimizer, params, state, seed=seed, lr_schedule=lr_schedule, augment=augment,
                       on_nan=on_nan, max_skipped=max_skipped, after_step=after_step, stop_requested=stop_requested,
                       log=log, progress=progress, num_epochs=num_epochs)
@@ -231,30 +281,81 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
                 f"for batch statistics (needs >= {min_batch_size})")
         sums, lr = loop.train_epoch(epoch, batches, train_data[0].context, resumed, on_interrupt, history)
         train_seconds = time.perf_counter() - t0
-        test_loss, test_acc = evaluate(net, params, state, *test_data, batch_size)
-        record = _epoch_record(epoch, lr if lr is not None else optimizer.lr, sums, test_loss, test_acc,
-                               time.perf_counter() - t0, train_seconds, dropped, resumed)
+        evaluations = {"val": evaluate(net, params, state, *val_data, batch_size)} if val_data is not None else {}
+        evaluations["test"] = evaluate(net, params, state, *test_data, batch_size)
+        record = _epoch_record(epoch, lr if lr is not None else optimizer.lr, sums, evaluations,
+                               time.perf_counter() - t0, train_seconds, dropped, resumed,
+                               _clipped(step, resumed))
         history.append(record)
-        log(f"epoch {epoch + 1}/{num_epochs}  lr {record['lr']:.4g}  train loss {record['train_loss']:.4f} "
-            f"acc {record['train_acc']:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
-            f"{record['seconds']:.1f} s ({record['images_per_sec']:.0f} img/s)")
+        log(_epoch_line(record, num_epochs))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, history)
+        if _patience_exhausted(history, patience, log):
+            break
     return history
 
 
+def best_epoch(history):
+    """The epoch (1-based) of the best validation accuracy (the earliest of equals), or None without one."""
+    scored = [h for h in history if h.get("val_acc") is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda h: (h["val_acc"], -h["epoch"]))["epoch"]
+
+
+def epochs_without_improvement(history):
+    """Finished epochs since the best validation accuracy (0 when the last one is the best)."""
+    best = best_epoch(history)
+    return 0 if best is None else history[-1]["epoch"] - best
+
+
+def _patience_exhausted(history, patience, log):
+    if patience is None or not history or epochs_without_improvement(history) < patience:
+        return False
+    log(f"early stop: {epochs_without_improvement(history)} epoch(s) without a better validation accuracy "
+        f"(--patience {patience}); the best is epoch {best_epoch(history)}")
+    return True
+
+
+def _clipped(step, resumed):
+    """Clipped updates of this epoch (with those before an interruption), or None when not clipping."""
+    clipper = getattr(step, "clipper", None)
+    fired = clipper.take_count() if clipper is not None else None
+    return None if fired is None else fired + (resumed or {}).get("clipped", 0)
+
+
+def _epoch_line(record, num_epochs):
+    line = (f"epoch {record['epoch']}/{num_epochs}  lr {record['lr']:.4g}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_acc']:.4f}  ")
+    if "val_loss" in record:
+        line += f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
+    line += f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}  "
+    if record.get("clipped") is not None:
+        line += f"clipped {record['clipped']}  "
+    return line + f"{record['seconds']:.1f} s ({record['images_per_sec']:.0f} img/s)"
+
+
 # The columns of an epoch's history entry, in the order metrics.csv shows them.
-HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "train_seconds",
-                   "images_per_sec", "samples", "dropped", "skipped", "resumed_at_batch")
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                   "seconds", "train_seconds", "images_per_sec", "samples", "dropped", "skipped", "clipped",
+                   "resumed_at_batch")
 
 
-def _epoch_record(epoch, lr, sums, test_loss, test_acc, seconds, train_seconds, dropped, resumed):
-    """The history entry of one finished epoch (one host read of the running sums)."""
+def _epoch_record(epoch, lr, sums, evaluations, seconds, train_seconds, dropped, resumed, clipped):
+    """The history entry of one finished epoch (one host read of the running sums); ``evaluations`` maps
+    "test" (and "val" when there is a validation set) to (loss, accuracy)."""
     train_loss, train_acc = sums.means()
-    return dict(epoch=epoch + 1, lr=float(lr), train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
-                test_acc=test_acc, seconds=seconds, train_seconds=train_seconds,
-                images_per_sec=(sums.seen - sums.seen_before) / train_seconds, samples=sums.seen,
-                dropped=dropped, skipped=sums.skipped, resumed_at_batch=resumed["batch"] if resumed else 0)
+    record = dict(epoch=epoch + 1, lr=float(lr), train_loss=train_loss, train_acc=train_acc)
+    for split in ("val", "test"):
+        if split in evaluations:
+            record[f"{split}_loss"], record[f"{split}_acc"] = evaluations[split]
+    record.update(seconds=seconds, train_seconds=train_seconds,
+                  images_per_sec=(sums.seen - sums.seen_before) / train_seconds, samples=sums.seen,
+                  dropped=dropped, skipped=sums.skipped, clipped=clipped,
+                  resumed_at_batch=resumed["batch"] if resumed else 0)
+    if clipped is None:
+        del record["clipped"]
+    return record
 
 
 class _RunningSums:
@@ -272,6 +373,7 @@ class _RunningSums:
         self.seen = resumed.get("seen", 0)
         self.seen_before = self.seen  # samples of a resumed epoch trained before the interruption
         self.skipped = resumed.get("skipped", 0)
+        self.resumed_clipped = resumed.get("clipped", 0)
         self.first = resumed.get("batch", 0)
         self.checked = self.first
         self.batch_losses = nd.zeros((num_batches,), ctx=ctx)
@@ -297,10 +399,13 @@ class _RunningSums:
         seen = max(self.seen, 1)
         return float(self.loss_sum.asscalar()) / seen, float(self.correct.asscalar()) / seen
 
-    def position(self, epoch, batch):
+    def position(self, epoch, batch, clipped=None):
         """Where an interrupted run resumes: what ``fit(start=...)`` takes."""
-        return dict(epoch=epoch, batch=batch, loss_sum=float(self.loss_sum.asscalar()),
-                    correct=float(self.correct.asscalar()), seen=self.seen, skipped=self.skipped)
+        position = dict(epoch=epoch, batch=batch, loss_sum=float(self.loss_sum.asscalar()),
+                        correct=float(self.correct.asscalar()), seen=self.seen, skipped=self.skipped)
+        if clipped is not None:
+            position["clipped"] = clipped
+        return position
 
 
 class _EpochLoop:
@@ -380,7 +485,10 @@ class _EpochLoop:
 
     def _interrupt(self, sums, epoch, batch, bar, on_interrupt, history):
         """Save where training stopped (after ``batch`` batches of ``epoch``) and raise TrainingInterrupted."""
-        position = sums.position(epoch, batch)
+        clipper = getattr(self.step, "clipper", None)
+        fired = clipper.take_count() if clipper is not None else None
+        resumed_clipped = sums.resumed_clipped
+        position = sums.position(epoch, batch, None if fired is None else fired + resumed_clipped)
         bad = sums.first_non_finite(batch)
         if bad is not None:
             raise _diverged(epoch, bad, "; not saving an interrupted checkpoint")

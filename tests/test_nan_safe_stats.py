@@ -1,5 +1,7 @@
 """A training call whose batch statistics are non-finite leaves the moving statistics untouched (decided on
 the device), in every path that writes them; a skipped NaN batch then leaves the whole model usable."""
+import functools
+
 import numpy as np
 import pytest
 import mxnet as mx
@@ -7,9 +9,12 @@ from mxnet import autograd, nd
 
 import mxbn
 from mxbn import models
-from mxbn.optim import SGD
-from mxbn.parallel import sync_batch_norm
-from mxbn.train import evaluate, fit
+from mxbn.data import epoch_batches
+from mxbn.models import LENET_STAGE_NORMS, LENET_STAGES
+from mxbn.optim import SGD, Momentum
+from mxbn.parallel import DataParallelStep, across_devices, create_kvstore, jitted_stages, sync_batch_norm
+from mxbn.seeding import epoch_seed, shuffle_rng
+from mxbn.train import SingleDeviceStep, evaluate, fit
 
 
 def _inputs(bad):
@@ -59,21 +64,68 @@ def test_synchronized_bn_over_two_devices_leaves_them_untouched():
         np.testing.assert_array_equal(mv.asnumpy(), v.asnumpy())
 
 
-@pytest.mark.parametrize("graph", ["static", "imperative"])
-def test_a_skipped_nan_pixel_batch_leaves_a_usable_model(graph):
+def _nan_pixel_data(n=256, bad=37):
     rng = np.random.default_rng(1)
-    n = 256
     X = rng.random((n, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, n).astype(np.float32)
-    X[37, 0, 5, 5] = np.nan                               # one pixel of one training image
+    X[bad, 0, 5, 5] = np.nan                               # one pixel of one training image
+    return X, y, (nd.array(X[np.r_[0:bad, bad + 1:n]][:64]), nd.array(y[:64]))
+
+
+def _net(graph, impl):
+    net = functools.partial(models.lenet, bn_impl=impl)
+    return mxbn.jit(net) if graph == "static" else net
+
+
+def _sync_step(graph, impl, params, state, opt, opt_state):
+    stages = jitted_stages(LENET_STAGES) if graph == "static" else LENET_STAGES
+    forward = functools.partial(across_devices, stages, LENET_STAGE_NORMS)
+    return DataParallelStep(forward, [mx.cpu(0), mx.cpu(1)], params, state, opt, opt_state,
+                            create_kvstore("device"), stats_synchronized=True)
+
+
+@pytest.mark.parametrize("graph,impl,devices", [("static", "fused", 1), ("imperative", "fused", 1),
+                                                ("static", "scratch", 1), ("imperative", "scratch", 1),
+                                                ("static", "fused", 2)])
+def test_a_skipped_nan_pixel_batch_leaves_a_usable_model(graph, impl, devices):
+    X, y, test = _nan_pixel_data()
     params, state = models.lenet_params(mx.cpu(), seed=0)
-    net = mxbn.jit(models.lenet) if graph == "static" else models.lenet
+    net = _net(graph, impl)
     opt = SGD(lr=0.1)
-    test = (nd.array(X[np.r_[0:37, 38:n]][:64]), nd.array(y[:64]))
-    history = fit(net, params, state, opt, opt.init(params), (nd.array(X), nd.array(y)), test, 1, 64, seed=0,
-                  on_nan="skip", log=lambda *_: None)
+    opt_state = opt.init(params)
+    step = _sync_step(graph, impl, params, state, opt, opt_state) if devices == 2 else None
+    history = fit(net, params, state, opt, opt_state, (nd.array(X), nd.array(y)), test, 1, 64, seed=0,
+                  on_nan="skip", log=lambda *_: None, step=step)
     assert history[0]["skipped"] == 1
     for name, s in state.items():
         assert np.isfinite(s.asnumpy()).all(), name
     loss, _ = evaluate(net, params, state, *test, 64)
     assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("graph", ["static", "imperative"])
+def test_skipping_a_batch_is_training_without_it(graph):
+    """on_nan="skip": parameters, optimizer state and BN state end bit for bit as after the same steps on the
+    same batches with the bad one left out."""
+    X, y, test = _nan_pixel_data()
+    train = (nd.array(X), nd.array(y))
+    opt = Momentum(lr=0.05)   # a velocity, so that the optimizer state is compared too
+    skipped_params, skipped_state = models.lenet_params(mx.cpu(), seed=0)
+    skipped_opt = opt.init(skipped_params)
+    fit(_net(graph, "fused"), skipped_params, skipped_state, opt, skipped_opt, train, test, 1, 64, seed=0,
+        on_nan="skip", log=lambda *_: None)
+
+    params, state = models.lenet_params(mx.cpu(), seed=0)
+    opt_state = opt.init(params)
+    step = SingleDeviceStep(_net(graph, "fused"), params, state, opt, opt_state)
+    step.seed_epoch(epoch_seed(0, 0))
+    batches, _ = epoch_batches(*train, 64, shuffle_rng(0, 0))
+    clean = [b for b in batches if np.isfinite(b[0].asnumpy()).all()]
+    assert len(clean) == len(batches) - 1
+    for Xb, yb in clean:
+        step(Xb, yb)
+    for mine, theirs in ((params, skipped_params), (state, skipped_state),
+                         (opt_state["slots"]["v"], skipped_opt["slots"]["v"])):
+        for name in mine:
+            np.testing.assert_array_equal(theirs[name].asnumpy(), mine[name].asnumpy(), err_msg=name)
+    assert opt_state["t"] == skipped_opt["t"] == len(clean)

@@ -165,10 +165,15 @@ def test_trace_bn_and_bn_paper_share_one_percentile_probe():
 
 def test_history_columns_are_the_keys_of_an_epoch_record():
     """metrics.csv orders its columns by train.HISTORY_COLUMNS; an epoch's record must have those keys."""
-    from mxbn.train import HISTORY_COLUMNS, fit
+    from mxbn.train import HISTORY_COLUMNS, SingleDeviceStep, fit
     params, state = models.lenet_params(mx.cpu(), seed=0)
     X, y = _lenet_batch(32)
     opt = SGD(lr=0.1)
     history = fit(jit(models.lenet), params, state, opt, opt.init(params), (X, y), (X, y), 1, 16, seed=0,
-                  log=lambda *_: None)
+                  log=lambda *_: None, val_data=(X, y),
+                  step=SingleDeviceStep(jit(models.lenet), params, state, opt, opt.init(params), clip_grad_norm=1.0))
     assert tuple(history[0]) == HISTORY_COLUMNS
+    # without a validation set or clipping those columns are left out, the others keep their order
+    plain = fit(jit(models.lenet), params, state, opt, opt.init(params), (X, y), (X, y), 1, 16, seed=0,
+                log=lambda *_: None)
+    assert tuple(plain[0]) == tuple(c for c in HISTORY_COLUMNS if c not in ("val_loss", "val_acc", "clipped"))

@@ -20,7 +20,7 @@ from mxnet import autograd, nd
 
 from .. import functional as F
 from ..jit import jit
-from ..train import attach_gradients, gradients_of
+from ..train import GradientClipper, attach_gradients, gradients_of, trainable_subset
 from .kvstore import is_distributed
 from .sync_batch_norm import sync_batch_norm
 
@@ -106,10 +106,13 @@ class DataParallelStep:
     kvstore : an MXNet KVStore (``mxbn.parallel.create_kvstore``)
     stats_synchronized : bool -- the forward synchronizes BN statistics across this process's
         devices (then the moving statistics need averaging only across workers)
+    trainable : names of the parameters that learn (None: all); the others get no gradient
+    clip_grad_norm : float or None -- clip the summed gradient by its global norm before the update
+        (every replica clips the same sums, so they stay equal; replica 0's clipper counts)
     """
 
     def __init__(self, forward, contexts, params, state, optimizer, opt_state, kvstore,
-                 stats_synchronized=False):
+                 stats_synchronized=False, clip_grad_norm=None, trainable=None):
         self.forward, self.contexts, self.optimizer, self.kv = forward, list(contexts), optimizer, kvstore
         self.params = replicate(params, self.contexts)
         self.states = replicate(state, self.contexts)
@@ -119,7 +122,8 @@ class DataParallelStep:
         # identical statistics on every replica need no averaging
         self.average_stats = bool(state) and not (stats_synchronized and self.num_workers == 1)
         self.replicas = len(self.contexts) * self.num_workers
-        for replica in self.params:
+        self.trainable = [trainable_subset(replica, trainable) for replica in self.params]
+        for replica in self.trainable:
             attach_gradients(replica)
         self._keys = {name: f"param:{name}" for name in params}
         self._keys.update({name: f"state:{name}" for name in state})
@@ -130,6 +134,8 @@ class DataParallelStep:
             kvstore.pull(key, out=[r[name] for r in source])
         if self.collective:
             kvstore.init("control", nd.zeros((2,), ctx=self.contexts[0]))
+        self.clippers = [GradientClipper(clip_grad_norm, ctx) for ctx in self.contexts]
+        self.clipper = self.clippers[0]
 
     def seed_epoch(self, value):
         for ctx in self.contexts:
@@ -156,13 +162,15 @@ class DataParallelStep:
         return loss, correct
 
     def apply(self, lr):
-        for priority, name in enumerate(self.params[0]):
-            grads = [r[name].grad for r in self.params]
+        for priority, name in enumerate(self.trainable[0]):
+            grads = [r[name].grad for r in self.trainable]
             # larger priority first: the kvstore starts on the first layers' gradients
             self.kv.push(self._keys[name], grads, priority=-priority)
             self.kv.pull(self._keys[name], out=grads, priority=-priority)
-        for params, opt_state in zip(self.params, self.opt_states):
-            self.optimizer.update(params, gradients_of(params), opt_state, lr=lr)
+        for params, opt_state, clipper in zip(self.trainable, self.opt_states, self.clippers):
+            grads = gradients_of(params)
+            clipper(grads.values())
+            self.optimizer.update(params, grads, opt_state, lr=lr)
         if self.average_stats:
             for name in self.states[0]:
                 copies = [s[name] for s in self.states]
