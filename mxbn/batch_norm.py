@@ -374,7 +374,12 @@ def _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax):
     scale = gamma * ops.rsqrt(moving_vari + eps)
     shift = beta - moving_mean * scale
     X3 = X.reshape((pre, C, post))
-    Y3 = normalize_per_channel(X3, scale, shift)
+    if ops is sym:   # in a graph, the same values with GEMV gradients (frozen BN trains through this)
+        ones = _ones_vectors(tracing.current("batch_norm"), pre, post, dtype_of(X, "batch_norm"))
+        Y3 = X3 * _spread(scale.reshape((1, C)), *ones, (pre, C, post)) + _spread(shift.reshape((1, C)), *ones,
+                                                                                   (pre, C, post))
+    else:
+        Y3 = normalize_per_channel(X3, scale, shift)
     return Y3.reshape(shape)
 
 
@@ -439,22 +444,32 @@ def _batch_norm_train_scratch_traced(trace, X, gamma, beta, eps, ax, stat_dtype)
     shape = shape_of(X, "batch_norm")
     pre, C, post = three_d_shape(shape, ax)
     m = pre * post
-    ones_pre = trace.scratch_var("bn_ones_pre", (1, pre), stat_dtype, 1.0)
-    ones_post = trace.scratch_var("bn_ones_post", (post, 1), stat_dtype, 1.0) if post > 1 else None
+    ones = _ones_vectors(trace, pre, post, stat_dtype)
     X3 = X.reshape((pre, C, post))
-
-    def spread(v):   # (1, C) -> (pre, C, post) by products with the ones vectors; exact copies
-        rows = sym.dot(ones_pre, v, transpose_a=True)                            # (pre, C)
-        if ones_post is None:
-            return rows.reshape((pre, C, post))
-        return sym.dot(rows.reshape((pre * C, 1)), ones_post, transpose_b=True).reshape((pre, C, post))
-
-    mean = _per_channel_sum(X3, ones_pre, ones_post, sym, (pre, C, post)) / m   # (1, C)
-    xc = X3 - spread(mean)
-    vari = _per_channel_sum(sym.square(xc), ones_pre, ones_post, sym, (pre, C, post)) / m
+    mean = _per_channel_sum(X3, *ones, sym, (pre, C, post)) / m   # (1, C)
+    xc = X3 - _spread(mean, *ones, (pre, C, post))
+    vari = _per_channel_sum(sym.square(xc), *ones, sym, (pre, C, post)) / m
     scale = gamma.reshape((1, C)) * sym.rsqrt(vari + eps)
-    Y3 = xc * spread(scale) + spread(beta.reshape((1, C)))
+    Y3 = xc * _spread(scale, *ones, (pre, C, post)) + _spread(beta.reshape((1, C)), *ones, (pre, C, post))
     return Y3.reshape(shape), mean.reshape((C,)), vari.reshape((C,))
+
+
+def _ones_vectors(trace, pre, post, dtype):
+    """The (1, pre) and (post, 1) ones of the traced GEMV reductions, scratch inputs of the graph (the
+    second None when post is 1)."""
+    ones_pre = trace.scratch_var("bn_ones_pre", (1, pre), dtype, 1.0)
+    ones_post = trace.scratch_var("bn_ones_post", (post, 1), dtype, 1.0) if post > 1 else None
+    return ones_pre, ones_post
+
+
+def _spread(v, ones_pre, ones_post, shape):
+    """A traced (1, C) -> (pre, C, post) by products with the ones vectors: exact copies, and a gradient
+    that is a GEMV (a broadcast's is MXNet's generic reduction over axes (0, 2), several times slower)."""
+    pre, C, post = shape
+    rows = sym.dot(ones_pre, v, transpose_a=True)                            # (pre, C)
+    if ones_post is None:
+        return rows.reshape(shape)
+    return sym.dot(rows.reshape((pre * C, 1)), ones_post, transpose_b=True).reshape(shape)
 
 
 def moving_stats_rule(moving_mean, moving_vari, mean, vari, momentum):

@@ -233,3 +233,26 @@ def test_traced_scratch_batch_norm_has_no_generic_reduction():
     ops = {node["op"] for node in json.loads(compiled.graph.tojson())["nodes"]}
     assert "dot" in ops
     assert not ops & {"mean", "sum", "broadcast_mul", "broadcast_sub", "broadcast_add"}, ops
+
+
+@pytest.mark.parametrize("shape,axis", [((16, 6, 5, 5), 1), ((16, 6), 1), ((4, 5, 5, 6), -1)])
+def test_traced_inference_batch_norm_is_the_imperative_one_bit_for_bit(shape, axis):
+    """Inference normalization in a graph spreads its per-channel scale and shift with ones vectors (so that
+    training through it, frozen BN, has GEMV gradients): the same values as the imperative broadcast."""
+    rng = np.random.default_rng(4)
+    C = shape[axis]
+    X = nd.array(rng.normal(0.3, 2.0, shape))
+    args = [nd.array(rng.normal(1, 0.1, C)), nd.array(rng.normal(0, 0.1, C)), nd.array(rng.normal(0, 1, C)),
+            nd.array(rng.uniform(0.5, 2, C))]
+    dY = nd.array(rng.normal(0, 1, shape))
+    results = []
+    for bn in (mxbn.batch_norm, mxbn.jit(mxbn.batch_norm, layout_pass=False)):
+        g, b, mm, mv = (a.copy() for a in args)
+        X.attach_grad(), g.attach_grad(), b.attach_grad()
+        with autograd.record():
+            Y = bn(X, g, b, False, mm, mv, axis=axis)
+        Y.backward(dY)
+        results.append([a.asnumpy().copy() for a in (Y, X.grad, g.grad, b.grad)])
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    for name, imperative, traced in zip(("dX", "dgamma", "dbeta"), results[0][1:], results[1][1:]):
+        np.testing.assert_allclose(traced, imperative, rtol=0, atol=1e-5 * np.abs(imperative).max(), err_msg=name)
