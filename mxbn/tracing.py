@@ -173,6 +173,7 @@ class Trace:
         self.state_updates = {}              # var name of a state input -> Symbol of its new value
         self.scratch = {}                    # var name -> (shape, dtype, fill value)
         self.needs_train_mode = False        # a kernel must see autograd's train flag (BatchNorm)
+        self.for_export = False              # inference batch norm as one BatchNorm node (mxbn.export)
         self._cache = {}
 
     def __enter__(self):
