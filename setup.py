@@ -38,6 +38,8 @@ setup(
         # scripts/export.py --format onnx: MXNet 1.9.1's exporter reads onnx.mapping, which onnx 1.19 removed;
         # onnx 1.18.0 has wheels up to Python 3.13 and none for 3.14 (export.py then says so)
         "onnx": ["onnx==1.18.0; python_version < '3.14'", "onnxruntime>=1.16; python_version < '3.14'"],
+        # train_cnn.py --tensorboard (pure Python; `pip install tensorboard` to view the logs)
+        "tensorboard": ["tensorboardX>=2.6"],
     },
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
 )

@@ -21,7 +21,7 @@ GRAPHS = ("static", "imperative")
 BN_MODES = ("train", "frozen")
 
 # Options a resumed run may change; every other one must match the checkpoint.
-RESUME_MAY_CHANGE = ("ctx", "data_dir", "epochs", "trace_bn")
+RESUME_MAY_CHANGE = ("ctx", "data_dir", "epochs", "trace_bn", "tensorboard")
 
 
 class ConfigError(ValueError):
@@ -95,6 +95,9 @@ class TrainConfig:
                                            "(see README)", choices=KVSTORE_TYPES)
     bn_sync: bool = _option(False, "batch-norm statistics over the whole batch across this process's devices "
                                    "(needs several contexts)")
+    tensorboard: Optional[str] = _option(None, "write a TensorBoard event file into this folder: per-epoch "
+                                               "scalars, BN input histograms, the pictures, the configuration "
+                                               "(needs the tensorboard extra: tensorboardX)")
     trace_bn: bool = _option(False, "record the 15th/50th/85th percentiles of every BN layer's input and output "
                                     "over training on a fixed test batch; writes bn_trace.json and bn_trace.png")
 

@@ -25,7 +25,8 @@ from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .context import resolve_context, resolve_contexts
 from .data import DATASETS, DataError, default_validation_size, load_dataset, to_device, validation_split
-from .models import LENET_BLOCKS, LENET_STAGE_NORMS, LENET_STAGES, lenet_params, min_train_batch_size
+from .jit import jit
+from .models import LENET_BLOCKS, LENET_STAGE_NORMS, LENET_STAGES, lenet_layers, lenet_params, min_train_batch_size
 from .optim import NO_DECAY_SUFFIXES, make_optimizer
 from .parallel import (DataParallelStep, across_devices, create_kvstore, fingerprint, is_distributed,
                        jitted_stages, per_device, shard)
@@ -210,6 +211,7 @@ def _write_bn_trace(out_dir, trace, layer_names, dataset_name):
     atomic_write_json(path, data)
     plot_bn_trace(data, os.path.join(out_dir, "bn_trace.png"),
                   title=f"LeNet-BN on {dataset_name}: one channel per BN layer on {TRACE_PROBE_IMAGES} test images")
+    return data
 
 
 def _build(config, ctx, log, rank=0, workers=1):
@@ -334,6 +336,7 @@ class _RunFiles:
         self.primary, self.params, self.state, self.opt_state, self.log = primary, params, state, opt_state, log
         self.threads_per_part = threads_per_part
         self.ckpt_path = os.path.join(out_dir, CHECKPOINT)
+        self.tensorboard = None   # a TensorBoardLog with --tensorboard (primary only)
 
     def save(self, position, history, path=None):
         meta = dict(mxbn_version=__version__, config=self.config.to_dict(), position=position, history=history,
@@ -346,6 +349,8 @@ class _RunFiles:
             if best_epoch(history) == epoch:
                 self.save(dict(epoch=epoch, batch=0), history, os.path.join(self.out_dir, BEST))
             self.write_results(history)
+            if self.tensorboard is not None:
+                self.tensorboard.epoch(history[-1], self.params, self.state)
 
     def write_results(self, history):
         patience = self.config.patience
@@ -404,6 +409,20 @@ def _bn_trace(config, train, test, params, state, resumed):
     return trace
 
 
+def _tensorboard_log(config, test):
+    """--tensorboard's writer (None without it), with the BN inputs on the first test images as histograms."""
+    if config.tensorboard is None:
+        return None
+    from .tensorboard import HISTOGRAM_IMAGES, TensorBoardLog
+    probe = test[0][:HISTOGRAM_IMAGES]
+
+    def bn_inputs(params, state, X):
+        return {name: before for name, before, _ in lenet_layers(params, state, X, False, config.bn_impl)[1]}
+    read = jit(bn_inputs, layout_pass=config.layout_pass) if config.graph == "static" else bn_inputs
+    return TensorBoardLog(config.tensorboard, config,
+                          (lambda params, state: read(params, state, probe)) if config.use_bn else None)
+
+
 def _log_fingerprint(step, params, contexts, log):
     # equal fingerprints in every worker's log show that the copies stayed identical
     same = step.replicas_identical()
@@ -420,8 +439,14 @@ def _finish(files, history, net, test, trace):
     atomic_write_json(os.path.join(out_dir, EVALUATION), evaluation)
     draw_pictures(out_dir, evaluation, dataset.test_images[:config.limit_test],
                   f"LeNet{'-BN' if config.use_bn else ''} on {dataset.name}")
-    if trace is not None:
-        _write_bn_trace(out_dir, trace, [f"bn{i}" for i in LENET_BLOCKS], dataset.name)
+    data = _write_bn_trace(out_dir, trace, [f"bn{i}" for i in LENET_BLOCKS], dataset.name) if trace else None
+    if files.tensorboard is not None:
+        if data is not None:
+            files.tensorboard.bn_trace(data)
+        files.tensorboard.images({name[:-4]: os.path.join(out_dir, name) for name in ("confusion.png",
+                                                                                     "predictions.png")},
+                                 history[-1]["epoch"])
+        files.tensorboard.close()
     return metrics
 
 
@@ -446,6 +471,13 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
     if not primary:
         log = _prefixed(log, f"[worker {rank}] ")
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    if config.tensorboard is not None and primary:
+        from .tensorboard import require_tensorboardx
+        try:
+            require_tensorboardx()
+        except ImportError as e:
+            raise ConfigError(str(e)) from None
+        writable_dir(config.tensorboard, "--tensorboard", OutDirError)
     if config.init_from is not None and not resume:
         # a missing, corrupt or other-architecture checkpoint is refused before --out is touched
         _initial_values(config, *lenet_params(mx.cpu(), use_bn=config.use_bn, seed=0), mx.cpu(), lambda _: None)
@@ -485,6 +517,7 @@ def _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, ran
     if primary:
         atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
     files = _RunFiles(out_dir, config, dataset, devices, workers, primary, params, state, opt_state, log, parts)
+    files.tensorboard = _tensorboard_log(config, test) if primary else None
     net = make_net(config)
     step = _training_step(config, net, contexts, params, state, optimizer, opt_state, kv)
     augment = (functools.partial(random_flip_shift, max_shift=config.max_shift) if config.augment else None)
