@@ -54,7 +54,8 @@ def _help_entries(script):
     return [" ".join(e) for e in entries]
 
 
-@pytest.mark.parametrize("script", ["train_cnn.py", "reproduce.py", "predict.py", "bench.py", "launch_local.py"])
+@pytest.mark.parametrize("script", ["train_cnn.py", "reproduce.py", "predict.py", "bench.py", "launch_local.py",
+                                    "export.py"])
 def test_help_shows_every_default(script):
     entries = [e for e in _help_entries(script) if not e.strip().startswith("-h")]
     assert entries
