@@ -161,13 +161,16 @@ class TrainConfig:
         if self.max_shift > MAX_SHIFT:
             raise ConfigError(f"max_shift ({flag_of('max_shift')}) must be in 0..{MAX_SHIFT} pixels: a shift of "
                               f"half the 28-pixel image or more leaves less than half of it; got {self.max_shift}")
-        for name in ("limit_train", "limit_test", "patience"):
+        for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        # the options of this release are named by their flags
+        if self.patience is not None:
+            _positive_int(flag_of("patience"), self.patience)
         if self.val_size is not None:
-            _non_negative_int("val_size", self.val_size)
+            _non_negative_int(flag_of("val_size"), self.val_size)
         if self.clip_grad_norm is not None:
-            _positive_float("clip_grad_norm", self.clip_grad_norm)
+            _positive_float(flag_of("clip_grad_norm"), self.clip_grad_norm)
         if self.patience is not None and self.val_size == 0:
             raise ConfigError(f"patience ({flag_of('patience')}) stops on the validation accuracy, and "
                               f"--val-size 0 holds out no validation set")

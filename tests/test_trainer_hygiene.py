@@ -86,11 +86,12 @@ def test_val_size_zero_reports_no_validation_numbers_and_no_best(tiny_data, tmp_
 
 @pytest.mark.parametrize("kw,says", [
     (dict(val_size=600), r"--val-size 600: .*0\.\.599"),
-    (dict(val_size=-1), "val_size"),
+    (dict(val_size=-1), "--val-size must be a non-negative integer, got -1"),
+    (dict(patience=0), "--patience must be a positive integer, got 0"),
     (dict(val_size=0, patience=2), r"\(--patience\) .*--val-size 0"),
     (dict(wd_all=True), "--wd-all applies only with --weight-decay > 0"),
     (dict(use_bn=False, bn_mode="frozen"), "--bn-mode applies to batch norm"),
-    (dict(clip_grad_norm=0.0), "clip_grad_norm"),
+    (dict(clip_grad_norm=0.0), "--clip-grad-norm must be a finite number > 0"),
 ])
 def test_bad_options_are_usage_errors_naming_them(tiny_data, tmp_path, kw, says):
     with pytest.raises(ConfigError, match=says):
