@@ -18,7 +18,7 @@ from mxbn.export_checkpoint import ExportError, check_parity, export_checkpoint
 from mxbn.run import train_cnn
 from mxbn.config import TrainConfig
 
-from helpers import FASHION_DIR, has_fashion_mnist, make_idx_dataset
+from helpers import FASHION_DIR, has_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "export.py")
@@ -121,8 +121,8 @@ def test_the_folded_weights_are_the_formula():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    data = make_idx_dataset(tmp_path_factory.mktemp("tiny"), n_train=600, n_test=200)
+def trained(tmp_path_factory, tiny_data):
+    data = tiny_data
     out = str(tmp_path_factory.mktemp("run") / "run")
     train_cnn(TrainConfig(ctx="cpu", data_dir=data, epochs=2, batch_size=64, seed=0), out, log=lambda *_: None,
               progress=False)

@@ -11,7 +11,6 @@ import pytest
 from mxbn.config import ConfigError, TrainConfig
 from mxbn.run import train_cnn
 
-from helpers import make_idx_dataset
 
 try:
     import tensorboardX  # noqa: F401
@@ -37,16 +36,11 @@ def read_events(folder):
     return tags
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_idx_dataset(tmp_path_factory.mktemp("tiny"), n_train=600, n_test=200)
-
-
 @pytest.mark.skipif(not HAVE_TENSORBOARDX, reason="the tensorboard extra is not installed (.[tensorboard])")
-def test_the_event_file_holds_the_run(tiny, tmp_path):
+def test_the_event_file_holds_the_run(tiny_data, tmp_path):
     log_dir = str(tmp_path / "tb")
-    cfg = TrainConfig(ctx="cpu", data_dir=tiny, epochs=3, batch_size=64, seed=0, tensorboard=log_dir, trace_bn=True,
-                      clip_grad_norm=5.0)
+    cfg = TrainConfig(ctx="cpu", data_dir=tiny_data, epochs=3, batch_size=64, seed=0, tensorboard=log_dir,
+                      trace_bn=True, clip_grad_norm=5.0)
     train_cnn(cfg, str(tmp_path / "run"), log=lambda *_: None, progress=False)
     tags = read_events(log_dir)
     for split in ("train", "validation", "test"):
@@ -60,9 +54,9 @@ def test_the_event_file_holds_the_run(tiny, tmp_path):
     assert len(tags["bn_trace/bn1/before_p50"]) > 3   # every recorded training step
 
 
-def test_without_tensorboardx_the_option_names_the_extra(tiny, tmp_path, monkeypatch):
+def test_without_tensorboardx_the_option_names_the_extra(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
-    cfg = TrainConfig(ctx="cpu", data_dir=tiny, epochs=1, batch_size=64, tensorboard=str(tmp_path / "tb"))
+    cfg = TrainConfig(ctx="cpu", data_dir=tiny_data, epochs=1, batch_size=64, tensorboard=str(tmp_path / "tb"))
     with pytest.raises(ConfigError, match=r"--tensorboard needs tensorboardX: pip install -e \".\[tensorboard\]\""):
         train_cnn(cfg, str(tmp_path / "run"), log=lambda *_: None, progress=False)
     assert not os.path.exists(tmp_path / "run")

@@ -17,16 +17,7 @@ from mxbn.optim import NO_DECAY_SUFFIXES, SGD, AdaGrad, Adam, Momentum, clip_by_
 from mxbn.run import train_cnn
 from mxbn.train import SingleDeviceStep, best_epoch, epochs_without_improvement, fit
 
-from helpers import make_idx_dataset
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return make_idx_dataset(tmp_path_factory.mktemp("tiny"), n_train=600, n_test=200)
-
-
-def quiet(*_):
-    pass
+from helpers import quiet
 
 
 def config(data_dir, **kw):
