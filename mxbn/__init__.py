@@ -16,11 +16,13 @@ from . import init, optim  # noqa: E402
 from .jit import jit  # noqa: E402  (the function; the module stays importable as mxbn.jit)
 from .tracing import TracingError  # noqa: E402
 from .export import fold_batch_norm, inference_graph  # noqa: E402
+from .normalization import group_norm, instance_norm, layer_norm  # noqa: E402
 
 __version__ = "0.3.0"
 
 __all__ = [
     "batch_norm", "conv2d", "max_pool2d", "avg_pool2d", "dense", "flatten", "relu",
     "sigmoid", "tanh", "dropout", "softmax_cross_entropy", "accuracy", "correct_count",
-    "BATCH_NORM_IMPLS", "init", "optim", "jit", "TracingError", "fold_batch_norm", "inference_graph", "__version__",
+    "BATCH_NORM_IMPLS", "init", "optim", "jit", "TracingError", "fold_batch_norm", "inference_graph",
+    "layer_norm", "group_norm", "instance_norm", "__version__",
 ]
