@@ -33,8 +33,8 @@ from .parallel import (DataParallelStep, across_devices, create_kvstore, fingerp
 from .predict import load_lenet_checkpoint, make_net
 from .plot import plot_bn_trace, plot_confusion, plot_history, plot_predictions
 from .seeding import seed_everything
-from .train import (HISTORY_COLUMNS, SingleDeviceStep, best_epoch, confusion_matrix, epochs_without_improvement,
-                    evaluate, fit, predict, trainable_subset)
+from .train import (HISTORY_COLUMNS, SingleDeviceStep, best_epoch, confusion_matrix, evaluate, fit,
+                    patience_exhausted, predict, trainable_subset)
 
 __all__ = ["train_cnn", "eval_checkpoint", "prepare_out_dir", "make_lr_schedule",
            "RUN_FILES", "OutDirError"]
@@ -353,10 +353,9 @@ class _RunFiles:
                 self.tensorboard.epoch(history[-1], self.params, self.state)
 
     def write_results(self, history):
-        patience = self.config.patience
-        early = patience is not None and epochs_without_improvement(history) >= patience
+        early = patience_exhausted(history, self.config.patience) and len(history) < self.config.epochs
         return _write_results(self.out_dir, self.config, self.dataset, self.devices, history, self.workers,
-                              self.threads_per_part, early_stopped=early and len(history) < self.config.epochs)
+                              self.threads_per_part, early_stopped=early)
 
     def on_interrupt(self, position, history):
         if self.primary:
@@ -385,16 +384,22 @@ def _training_step(config, net, contexts, params, state, optimizer, opt_state, k
                             trainable=trainable)
 
 
-def _initial_values(config, params, state, ctx, log):
-    """--init-from: copy another run's parameters and BN statistics into ``params`` and ``state`` (checked
-    first against this run's architecture, the mismatch named)."""
-    ckpt, _ = load_lenet_checkpoint(config.init_from, ctx)
+def _read_initial_values(config):
+    """--init-from's checkpoint, read once on the CPU and checked against this run's architecture (the
+    mismatch named) before anything is written."""
+    ckpt, _ = load_lenet_checkpoint(config.init_from, mx.cpu())
+    params, state = lenet_params(mx.cpu(), use_bn=config.use_bn, seed=0)
     check_compatible(config.init_from, params, ckpt["params"], "parameters")
     check_compatible(config.init_from, state, ckpt["state"], "batch-norm statistics")
-    for mine, theirs in ((params, ckpt["params"]), (state, ckpt["state"])):
+    return ckpt
+
+
+def _start_from(initial, params, state, path, log):
+    """Copy the parameters and BN statistics of the checkpoint ``initial`` into ``params`` and ``state``."""
+    for mine, theirs in ((params, initial["params"]), (state, initial["state"])):
         for name, value in theirs.items():
             value.copyto(mine[name])
-    log(f"initialized from {config.init_from} (epoch {ckpt['meta'].get('epoch')} of its run)")
+    log(f"initialized from {path} (epoch {initial['meta'].get('epoch')} of its run)")
 
 
 def _bn_trace(config, train, test, params, state, resumed):
@@ -478,24 +483,24 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
         except ImportError as e:
             raise ConfigError(str(e)) from None
         writable_dir(config.tensorboard, "--tensorboard", OutDirError)
-    if config.init_from is not None and not resume:
-        # a missing, corrupt or other-architecture checkpoint is refused before --out is touched
-        _initial_values(config, *lenet_params(mx.cpu(), use_bn=config.use_bn, seed=0), mx.cpu(), lambda _: None)
+    # a missing, corrupt or other-architecture --init-from is refused before --out is touched
+    initial = _read_initial_values(config) if config.init_from is not None and not resume else None
     created = primary and not os.path.exists(out_dir)
     if primary:
         prepare_out_dir(out_dir, resume, overwrite, writes=run_files(config))
     elif resume and not os.path.exists(ckpt_path):
         raise OutDirError(f"--resume: worker {rank} cannot read {ckpt_path}; every worker needs the checkpoint")
     try:
-        return _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, rank, workers)
+        return _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, rank, workers, initial)
     except BaseException:
         if created:
             _remove_failed_out(out_dir)
         raise
 
 
-def _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, rank, workers):
-    """train_cnn once its folder is ready: data, model, fit, the files."""
+def _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, rank, workers, initial=None):
+    """train_cnn once its folder is ready: data, model (from the checkpoint ``initial``, if given), fit, the
+    files."""
     primary = rank == 0
     ctx, devices = contexts[0], ",".join(map(str, contexts))
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
@@ -511,8 +516,8 @@ def _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, ran
     start, history, parts = None, [], []
     if resume:
         params, state, opt_state, history, start, parts = _resume(ckpt_path, config, ctx, params, state, log)
-    elif config.init_from is not None:
-        _initial_values(config, params, state, ctx, log)
+    elif initial is not None:
+        _start_from(initial, params, state, config.init_from, log)
     parts = parts + [_threads_part(start)]
     if primary:
         atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())

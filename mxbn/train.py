@@ -17,12 +17,13 @@ from mxnet import autograd, nd
 from . import functional as F
 from .data import epoch_batches
 from .jit import jit_like, unjitted
+from ._checks import finite_positive
 from .optim import clip_by_global_norm
 from .seeding import augment_rng, epoch_seed, shuffle_rng
 
 __all__ = ["fit", "evaluate", "predict", "confusion_matrix", "loss_and_correct", "TrainStep", "SingleDeviceStep",
            "GradientClipper", "attach_gradients", "gradients_of", "TrainingDiverged", "TrainingInterrupted",
-           "best_epoch", "epochs_without_improvement", "trainable_subset"]
+           "best_epoch", "epochs_without_improvement", "patience_exhausted", "trainable_subset"]
 
 # Batches between two reads of the running metrics.  Reading is a host-device
 # sync point; without any, Python would queue the whole epoch on MXNet's
@@ -182,10 +183,11 @@ def trainable_subset(params, names=None):
     """``{name: array}`` of the parameters in ``names`` (all of ``params`` when None), in params' order."""
     if names is None:
         return dict(params)
-    unknown = sorted(set(names) - set(params))
+    names = set(names)
+    unknown = sorted(names - set(params))
     if unknown:
         raise KeyError(f"trainable names {unknown} are not parameters (known: {sorted(params)})")
-    return {k: v for k, v in params.items() if k in set(names)}
+    return {k: v for k, v in params.items() if k in names}
 
 
 class GradientClipper:
@@ -193,8 +195,8 @@ class GradientClipper:
     (``max_norm`` None); counts on the device how often it fired, read once per epoch (``take_count``)."""
 
     def __init__(self, max_norm, ctx):
-        if max_norm is not None and not (isinstance(max_norm, (int, float)) and 0 < max_norm < math.inf):
-            raise ValueError(f"clip_grad_norm must be a number > 0, got {max_norm!r}")
+        if max_norm is not None:
+            finite_positive("clip_grad_norm", max_norm)
         self.max_norm = max_norm
         self.count = nd.zeros((1,), ctx=ctx)
 
@@ -284,8 +286,7 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
         evaluations = {"val": evaluate(net, params, state, *val_data, batch_size)} if val_data is not None else {}
         evaluations["test"] = evaluate(net, params, state, *test_data, batch_size)
         record = _epoch_record(epoch, lr if lr is not None else optimizer.lr, sums, evaluations,
-                               time.perf_counter() - t0, train_seconds, dropped, resumed,
-                               _clipped(step, resumed))
+                               time.perf_counter() - t0, train_seconds, dropped, resumed, _clipped(step, sums))
         history.append(record)
         log(_epoch_line(record, num_epochs))
         if on_epoch_end is not None:
@@ -309,19 +310,25 @@ def epochs_without_improvement(history):
     return 0 if best is None else history[-1]["epoch"] - best
 
 
+def patience_exhausted(history, patience):
+    """Whether ``patience`` epochs (None: never) have passed without a better validation accuracy."""
+    return patience is not None and bool(history) and epochs_without_improvement(history) >= patience
+
+
 def _patience_exhausted(history, patience, log):
-    if patience is None or not history or epochs_without_improvement(history) < patience:
+    if not patience_exhausted(history, patience):
         return False
     log(f"early stop: {epochs_without_improvement(history)} epoch(s) without a better validation accuracy "
         f"(--patience {patience}); the best is epoch {best_epoch(history)}")
     return True
 
 
-def _clipped(step, resumed):
-    """Clipped updates of this epoch (with those before an interruption), or None when not clipping."""
+def _clipped(step, sums):
+    """Clipped updates of this epoch so far (with those before an interruption; a host read), or None when
+    the step does not clip."""
     clipper = getattr(step, "clipper", None)
     fired = clipper.take_count() if clipper is not None else None
-    return None if fired is None else fired + (resumed or {}).get("clipped", 0)
+    return None if fired is None else fired + sums.resumed_clipped
 
 
 def _epoch_line(record, num_epochs):
@@ -485,10 +492,7 @@ class _EpochLoop:
 
     def _interrupt(self, sums, epoch, batch, bar, on_interrupt, history):
         """Save where training stopped (after ``batch`` batches of ``epoch``) and raise TrainingInterrupted."""
-        clipper = getattr(self.step, "clipper", None)
-        fired = clipper.take_count() if clipper is not None else None
-        resumed_clipped = sums.resumed_clipped
-        position = sums.position(epoch, batch, None if fired is None else fired + resumed_clipped)
+        position = sums.position(epoch, batch, _clipped(self.step, sums))
         bad = sums.first_non_finite(batch)
         if bad is not None:
             raise _diverged(epoch, bad, "; not saving an interrupted checkpoint")
