@@ -21,11 +21,12 @@ import numpy as np
 from mxnet import nd, sym
 
 from . import tracing
+from ._graph_json import GraphWriter, consumers, entry
 from .atomic import atomic_write_bytes, atomic_write_text
 from .jit import unjitted
 
-__all__ = ["inference_graph", "fold_batch_norm", "save_mxnet", "save_onnx", "INPUT_NAME", "ExportError",
-           "ONNX_OPSET"]
+__all__ = ["inference_graph", "fold_batch_norm", "save_mxnet", "save_onnx", "require_onnx", "INPUT_NAME",
+           "ExportError", "ONNX_OPSET"]
 
 INPUT_NAME = "data"
 
@@ -69,14 +70,11 @@ def fold_batch_norm(graph, arrays, input_shape, input_name=INPUT_NAME):
     nodes = spec["nodes"]
     shapes = _output_shapes(graph, input_shape, input_name)
     values = {name: a.asnumpy() for name, a in arrays.items()}
-    folder = _Folder(nodes, values, shapes, _consumers(nodes, spec["heads"]))
+    folder = _Folder(nodes, values, shapes, consumers(nodes, spec["heads"]))
     folder.plan()
     for nid in range(len(nodes)):
         folder.visit(nid)
-    heads = [list(folder.entry((h[0], h[1]))) + [0] for h in spec["heads"]]
-    new_spec = {"nodes": folder.out, "heads": heads, "attrs": spec.get("attrs", {}),
-                "arg_nodes": [i for i, n in enumerate(folder.out) if n["op"] == "null"]}
-    folded = sym.load_json(json.dumps(new_spec))
+    folded = folder.symbol([folder.new_entry((h[0], h[1])) for h in spec["heads"]], spec.get("attrs", {}))
     dtype_of = {name: a.dtype for name, a in arrays.items()}
     out = {}
     for name in folded.list_inputs():
@@ -92,19 +90,18 @@ def save_mxnet(graph, arrays, prefix):
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     symbol_path, params_path = f"{prefix}-symbol.json", f"{prefix}-0000.params"
     aux = set(graph.list_auxiliary_states())
-    blob = nd.save_tobytes({("aux:" if name in aux else "arg:") + name: a for name, a in arrays.items()}) \
-        if hasattr(nd, "save_tobytes") else _saved_bytes(arrays, aux)
-    atomic_write_bytes(params_path, blob)
+    atomic_write_bytes(params_path, _saved_bytes({("aux:" if name in aux else "arg:") + name: a
+                                                  for name, a in arrays.items()}))
     atomic_write_text(symbol_path, graph.tojson())
     return symbol_path, params_path
 
 
-def _saved_bytes(arrays, aux):
+def _saved_bytes(arrays):
     """The bytes ``nd.save`` writes (MXNet 1.9 saves to a path only: a temporary file in between)."""
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "params")
-        nd.save(path, {("aux:" if name in aux else "arg:") + name: a for name, a in arrays.items()})
+        nd.save(path, arrays)
         with open(path, "rb") as f:
             return f.read()
 
@@ -117,49 +114,37 @@ def _output_shapes(graph, input_shape, input_name):
             if name.endswith("_output")}
 
 
-def _consumers(nodes, heads):
-    """{(node, output): number of readers}, graph outputs counted."""
-    count = {}
-    for node in nodes:
-        for e in node["inputs"]:
-            count[(e[0], e[1])] = count.get((e[0], e[1]), 0) + 1
-    for h in heads:
-        count[(h[0], h[1])] = count.get((h[0], h[1]), 0) + 1
-    return count
-
-
 def _bool(text):
     return str(text).lower() in ("true", "1")
 
 
-class _Folder:
+def _is_inference_batch_norm(node):
+    """The node :func:`inference_graph` makes of a batch norm."""
+    return node["op"] == "BatchNorm" and _bool(node.get("attrs", {}).get("use_global_stats"))
+
+
+class _Folder(GraphWriter):
     """Copies the nodes into ``out`` in order, folding or rewriting the batch norms on the way."""
 
     def __init__(self, nodes, values, shapes, consumers):
-        self.nodes, self.values, self.shapes, self.consumers = nodes, dict(values), shapes, consumers
-        self.out = []
+        super().__init__()
+        self.nodes, self.values, self.shapes = nodes, dict(values), shapes
+        self.readers = {e: len(c) for e, c in consumers.items()}   # entry -> how many read it
         self.new = {}         # old entry -> new entry
         self.folds = {}       # old layer node -> the batch norm folded into it
 
     def plan(self):
         """Which batch norm folds into which layer (a layer takes at most one)."""
         for nid, node in enumerate(self.nodes):
-            if node["op"] == "BatchNorm" and _bool(node.get("attrs", {}).get("use_global_stats")):
+            if _is_inference_batch_norm(node):
                 layer = self._foldable_layer(node)
                 if layer is not None and layer not in self.folds:
                     self.folds[layer] = nid
 
-    def emit(self, op, name, inputs, attrs=None):
-        node = {"op": op, "name": name, "inputs": [list(e) + [0] for e in inputs]}
-        if attrs:
-            node["attrs"] = dict(attrs)
-        self.out.append(node)
-        return (len(self.out) - 1, 0)
-
     def var(self, name):
         return self.emit("null", name, [])
 
-    def entry(self, old):
+    def new_entry(self, old):
         """The new entry of an old one (a variable is emitted where it is first read)."""
         if old not in self.new:
             node = self.nodes[old[0]]
@@ -171,7 +156,7 @@ class _Folder:
         node = self.nodes[nid]
         if node["op"] == "null":
             return
-        if node["op"] == "BatchNorm" and _bool(node.get("attrs", {}).get("use_global_stats")):
+        if _is_inference_batch_norm(node):
             layer = next((layer for layer, bn in self.folds.items() if bn == nid), None)
             if layer is not None:
                 self.new[(nid, 0)] = self.new[(layer, 0)]   # folded: the layer's output is the normalized one
@@ -180,10 +165,10 @@ class _Folder:
             return
         if nid in self.folds:
             weight, bias = self.fold(node, self.nodes[self.folds[nid]])
-            inputs = [self.entry(tuple(node["inputs"][0][:2])), self.var(weight), self.var(bias)]
+            inputs = [self.new_entry(entry(node, 0)), self.var(weight), self.var(bias)]
             node = dict(node, attrs=dict(node.get("attrs", {}), no_bias="False"))
         else:
-            inputs = [self.entry((e[0], e[1])) for e in node["inputs"]]
+            inputs = [self.new_entry(entry(node, k)) for k in range(len(node["inputs"]))]
         new = self.emit(node["op"], node["name"], inputs, node.get("attrs"))
         self.new[(nid, 0)] = new
         for k in range(1, 4):
@@ -204,7 +189,7 @@ class _Folder:
         layer = self.nodes[layer_id]
         if data[1] != 0 or layer["op"] not in ("Convolution", "FullyConnected"):
             return None
-        if self.consumers.get((layer_id, 0), 0) != 1:
+        if self.readers.get((layer_id, 0), 0) != 1:
             return None   # another reader needs the unnormalized output
         ndim = len(self.shapes.get(layer["name"], ()))
         axis = int(node.get("attrs", {}).get("axis", 1))
@@ -214,7 +199,7 @@ class _Folder:
                                                                                            "NCDHW", "None"):
             return None
         weight = layer["inputs"][1][0]
-        if self.nodes[weight]["op"] != "null" or self.consumers.get((weight, 0), 0) != 1:
+        if self.nodes[weight]["op"] != "null" or self.readers.get((weight, 0), 0) != 1:
             return None   # a weight shared with another layer cannot take this layer's scale
         return layer_id
 
@@ -252,7 +237,7 @@ class _Folder:
         name = node["name"]
         self.values[f"{name}_scale"] = scale.reshape(shape).astype(dtype)
         self.values[f"{name}_shift"] = shift.reshape(shape).astype(dtype)
-        scaled = self.emit("broadcast_mul", f"{name}_scaled", [self.entry((data[0], data[1])),
+        scaled = self.emit("broadcast_mul", f"{name}_scaled", [self.new_entry((data[0], data[1])),
                                                                 self.var(f"{name}_scale")])
         self.new[(nid, 0)] = self.emit("broadcast_add", f"{name}_shifted", [scaled, self.var(f"{name}_shift")])
 
@@ -261,7 +246,7 @@ ONNX_OPSET = 13   # what MXNet 1.9.1's translations are written for
 ONNX_EXTRA = "pip install -e \".[onnx]\" (onnx 1.18.0 and onnxruntime; Python 3.9-3.13)"
 
 
-def _onnx():
+def require_onnx():
     """The onnx module MXNet 1.9.1's exporter can use, or an ExportError saying what to install."""
     try:
         import onnx
@@ -282,7 +267,7 @@ def save_onnx(graph, arrays, path, input_shape, input_name=INPUT_NAME, output_na
     import tempfile
 
     import mxnet as mx
-    onnx = _onnx()
+    onnx = require_onnx()
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "raw.onnx")
         mx.onnx.export_model(graph, dict(arrays), [tuple(input_shape)], [np.float32], raw, dynamic=True,

@@ -6,6 +6,7 @@ the export is loaded back from its files alone (MXNet's ``mx.model.load_checkpoi
 test images of the checkpoint's dataset; the command fails, and removes what it wrote, when a softmax
 probability differs from mxbn's by more than ``PARITY_TOLERANCE``.
 """
+import json
 import os
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from .atomic import writable_dir
 from .data import load_dataset, to_device
-from .export import ExportError, fold_batch_norm, inference_graph, save_mxnet, save_onnx
+from .export import ExportError, fold_batch_norm, inference_graph, require_onnx, save_mxnet, save_onnx
 from .jit import unjitted
 from .predict import load_lenet_checkpoint, make_net
 
@@ -49,20 +50,28 @@ def _softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _parity(expected_probabilities, X, logits_of):
+    """Parity of ``logits_of`` (a float32 numpy batch -> numpy logits) against mxbn's probabilities on ``X``,
+    256 images at a time."""
+    images = X.asnumpy().astype(np.float32)
+    got = np.concatenate([_softmax(logits_of(images[i:i + 256])) for i in range(0, len(images), 256)])
+    return Parity(images=len(images), max_probability_difference=float(np.abs(got - expected_probabilities).max()),
+                  top1_agreement=float((got.argmax(1) == expected_probabilities.argmax(1)).mean()))
+
+
 def check_parity(prefix, expected_probabilities, X):
     """Load ``PREFIX-symbol.json``/``PREFIX-0000.params`` as MXNet's own loader does (the files alone, none of
     mxbn's objects) and compare the softmax of its logits with mxbn's ``expected_probabilities``."""
     import mxnet as mx
     symbol, args, aux = mx.model.load_checkpoint(prefix, 0)
-    got = []
-    for i in range(0, X.shape[0], 256):
-        batch = X[i:i + 256]
-        executor = symbol.bind(X.context, dict({k: v.as_in_context(X.context) for k, v in args.items()}, data=batch),
-                               aux_states={k: v.as_in_context(X.context) for k, v in aux.items()}, grad_req="null")
-        got.append(_softmax(executor.forward(is_train=False)[0].asnumpy()))
-    got = np.concatenate(got)
-    return Parity(images=int(X.shape[0]), max_probability_difference=float(np.abs(got - expected_probabilities).max()),
-                  top1_agreement=float((got.argmax(1) == expected_probabilities.argmax(1)).mean()))
+    args = {k: v.as_in_context(X.context) for k, v in args.items()}
+    aux = {k: v.as_in_context(X.context) for k, v in aux.items()}
+
+    def logits_of(images):
+        batch = mx.nd.array(images, ctx=X.context)
+        executor = symbol.bind(X.context, dict(args, data=batch), aux_states=aux, grad_req="null")
+        return executor.forward(is_train=False)[0].asnumpy()
+    return _parity(expected_probabilities, X, logits_of)
 
 
 def check_onnx_parity(path, expected_probabilities, X):
@@ -72,39 +81,35 @@ def check_onnx_parity(path, expected_probabilities, X):
     except ImportError:
         raise ExportError("the ONNX parity check needs onnxruntime: pip install -e \".[onnx]\"") from None
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    images = X.asnumpy().astype(np.float32)
-    got = np.concatenate([_softmax(session.run(None, {"data": images[i:i + 256]})[0])
-                          for i in range(0, len(images), 256)])
-    return Parity(images=len(images), max_probability_difference=float(np.abs(got - expected_probabilities).max()),
-                  top1_agreement=float((got.argmax(1) == expected_probabilities.argmax(1)).mean()))
+    return _parity(expected_probabilities, X, lambda images: session.run(None, {"data": images})[0])
 
 
 def export_checkpoint(checkpoint, out_dir, fmt="mxnet", name="lenet", ctx=None, data_dir=None,
                       parity_images=PARITY_IMAGES, log=print):
     """Write the export of ``checkpoint`` into ``out_dir``; returns (paths written, Parity)."""
     import mxnet as mx
-    from .export import _onnx
     ctx = ctx or mx.cpu()
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
     if fmt == "onnx":
-        _onnx()   # before any work: which onnx is needed, if this one will not do
+        require_onnx()   # before any work: which onnx is needed, if this one will not do
     ckpt, config = load_lenet_checkpoint(checkpoint, ctx)
     writable_dir(out_dir, "--out", ExportError)
     dataset = load_dataset(config.dataset, data_dir or config.data_dir)
     X, _ = to_device(dataset.test_images, dataset.test_labels, ctx, parity_images)
     net = unjitted(make_net(config))
     expected = _softmax(net(ckpt["params"], ckpt["state"], X, False).asnumpy())
-    graph, arrays = inference_graph(net, ckpt["params"], ckpt["state"], (1,) + X.shape[1:])
-    folded, folded_arrays = fold_batch_norm(graph, arrays, (1,) + X.shape[1:])
+    one_image = (1,) + X.shape[1:]
+    graph, arrays = inference_graph(net, ckpt["params"], ckpt["state"], one_image)
+    folded, folded_arrays = fold_batch_norm(graph, arrays, one_image)
     prefix = os.path.join(out_dir, name)
     if fmt == "mxnet":
         paths = save_mxnet(folded, folded_arrays, prefix)
         parity = check_parity(prefix, expected, X)
     else:
-        paths = (save_onnx(folded, folded_arrays, prefix + ".onnx", (1,) + X.shape[1:]),)
+        paths = (save_onnx(folded, folded_arrays, prefix + ".onnx", one_image),)
         parity = check_onnx_parity(paths[0], expected, X)
-    log(f"wrote {', '.join(paths)} (batch norm folded into {_count_folded(arrays, folded_arrays)} layer(s))")
+    log(f"wrote {', '.join(paths)} (batch norm folded into {_folded_count(graph, folded)} layer(s))")
     log(str(parity))
     if not parity.ok:
         for path in paths:
@@ -114,5 +119,11 @@ def export_checkpoint(checkpoint, out_dir, fmt="mxnet", name="lenet", ctx=None, 
     return paths, parity
 
 
-def _count_folded(before, after):
-    return sum(1 for name in before if name.endswith("_gamma")) - sum(1 for name in after if name.endswith("_scale"))
+def _ops(graph):
+    return [node["op"] for node in json.loads(graph.tojson())["nodes"]]
+
+
+def _folded_count(graph, folded):
+    """Batch norms folded into a layer: those of ``graph`` that ``folded`` holds neither as a BatchNorm nor
+    as a scale and shift (the one broadcast_mul each of those becomes)."""
+    return _ops(graph).count("BatchNorm") - _ops(folded).count("broadcast_mul") + _ops(graph).count("broadcast_mul")

@@ -39,7 +39,8 @@ import collections
 import functools
 import json
 
-from mxnet import sym
+
+from ._graph_json import GraphWriter, consumers, entry
 
 __all__ = ["layout_pass", "simd_block", "padded_channels"]
 
@@ -83,11 +84,7 @@ def layout_pass(graph, scratch, block):
     rewriter = _Rewriter(spec["nodes"], heads, scratch, block)
     for nid in range(len(spec["nodes"])):
         rewriter.visit(nid)
-    new_heads = [list(rewriter.carrying(h)) + [0] for h in heads]
-    nodes = rewriter.out
-    new_spec = {"nodes": nodes, "heads": new_heads, "attrs": spec.get("attrs", {}),
-                "arg_nodes": [i for i, n in enumerate(nodes) if n["op"] == "null"]}
-    new_graph = sym.load_json(json.dumps(new_spec))
+    new_graph = rewriter.symbol([rewriter.carrying(h) for h in heads], spec.get("attrs", {}))
     used = set(new_graph.list_inputs())
     return new_graph, {name: s for name, s in rewriter.scratch.items() if name in used}
 
@@ -96,34 +93,27 @@ def layout_pass(graph, scratch, block):
 Padded = collections.namedtuple("Padded", "entry axis real size")
 
 
-class _Rewriter:
+class _Rewriter(GraphWriter):
     """Copies the nodes one by one into ``out``, padding, re-writing and slicing as it goes.
 
     Entries are (node index, output index) pairs, old ones in the traced graph, new ones in ``out``.
     """
 
     def __init__(self, nodes, heads, scratch, block):
+        super().__init__()
         self.nodes = nodes
         self.scratch = dict(scratch)
         self.block = block
-        self.out = []
         self.copied = {}      # old node -> new node computing the same real values
         self.real_of = {}     # old entry -> new entry holding its real value
         self.padded = {}      # old entry -> Padded
-        self.consumers = _consumers(nodes, heads)
+        self.consumers = consumers(nodes, heads)
         self.deferred = _relus_to_defer(nodes, self.consumers)
         self.poison = {}      # old entry -> new (1,) entry: NaN where the traced graph's value is NaN
         self.poisons = {}     # batch norm node -> its NaN flag
         self.carried = {}     # old entry -> its real value with the NaN flag added
 
     # ------------------------------------------------------------------ emitting nodes
-    def emit(self, op, name, inputs, attrs=None):
-        node = {"op": op, "name": name, "inputs": [list(e) + [0] for e in inputs]}
-        if attrs:
-            node["attrs"] = {k: str(v) for k, v in attrs.items()}
-        self.out.append(node)
-        return (len(self.out) - 1, 0)
-
     def real(self, entry):
         """The new entry holding ``entry``'s real value (for a padded one a slice, made once)."""
         if entry[0] in self.copied:
@@ -160,7 +150,7 @@ class _Rewriter:
         handler = {"Convolution": self.convolution, "BatchNorm": self.batch_norm, "Pooling": self.pooling,
                    "relu": self.activation, "FullyConnected": self.dense}.get(node["op"])
         if handler is None or not handler(nid, node):
-            inputs = [self.carrying(_entry(node, k)) for k in range(len(node["inputs"]))]
+            inputs = [self.carrying(entry(node, k)) for k in range(len(node["inputs"]))]
             self.copied[nid] = self.emit(node["op"], node["name"], inputs, node.get("attrs"))[0]
 
     def _result(self, nid, new, padded_from=None, poison=None):
@@ -210,7 +200,7 @@ class _Rewriter:
 
     # ------------------------------------------------------------------ the ops
     def activation(self, nid, node):
-        source = _entry(node, 0)
+        source = entry(node, 0)
         if not _follows_batch_norm(self.nodes, node):
             return False   # keeps MXNet's relu, whose NaN nothing else would carry
         p = self.padded.get(source)
@@ -220,10 +210,10 @@ class _Rewriter:
 
     def pooling(self, nid, node):
         attrs = node.get("attrs", {})
-        source = _entry(node, 0)
+        source = entry(node, 0)
         relu = self.nodes[source[0]] if source[0] in self.deferred else None
         if relu is not None:   # pool first, then the relu it replaces
-            source = _entry(relu, 0)
+            source = entry(relu, 0)
         p = self.padded.get(source) if attrs.get("layout", "None") in ("NCHW", "None") else None
         name = node["name"] if relu is None else f"{node['name']}_before_relu"
         new = self.emit("Pooling", name, [p.entry if p else self.real(source)], attrs)
@@ -235,22 +225,22 @@ class _Rewriter:
         return True
 
     def dense(self, nid, node):
-        data = _entry(node, 0)
+        data = entry(node, 0)
         attrs = node.get("attrs", {})
-        known = self.input_shape(_entry(node, 1))
+        known = self.input_shape(entry(node, 1))
         if data not in self.poison or known is None:
             return False
         no_bias = attrs.get("no_bias", "False") in ("True", "1")
-        bias = None if no_bias else self.real(_entry(node, 2))
+        bias = None if no_bias else self.real(entry(node, 2))
         bias = self.with_poison(bias, data, known[0][0], known[1], node["name"])
         attrs = dict(attrs, no_bias=False)
-        self._result(nid, self.emit("FullyConnected", node["name"], [self.real(data), self.real(_entry(node, 1)),
+        self._result(nid, self.emit("FullyConnected", node["name"], [self.real(data), self.real(entry(node, 1)),
                                                                      bias], attrs))
         return True
 
     def convolution(self, nid, node):
         attrs = dict(node.get("attrs", {}))
-        data, weight = _entry(node, 0), _entry(node, 1)
+        data, weight = entry(node, 0), entry(node, 1)
         known = self.input_shape(weight)
         if known is None or attrs.get("num_group", "1") != "1" or attrs.get("layout", "None") not in ("NCHW", "None"):
             return False
@@ -267,7 +257,7 @@ class _Rewriter:
         if c_new != c_out:
             W = self.concat_constant(W, (c_new - c_out, c_in, *kernel), 0, 0.0, dtype, f"{node['name']}_weight_out")
         inputs = [p.entry if p else self.real(data), W]
-        bias = None if attrs.get("no_bias", "False") in ("True", "1") else self.real(_entry(node, 2))
+        bias = None if attrs.get("no_bias", "False") in ("True", "1") else self.real(entry(node, 2))
         if bias is not None and c_new != c_out:
             bias = self.concat_constant(bias, (c_new - c_out,), 0, 0.0, dtype, f"{node['name']}_bias")
         bias = self.with_poison(bias, data, c_new, dtype, node["name"])
@@ -281,7 +271,7 @@ class _Rewriter:
 
     def batch_norm(self, nid, node):
         attrs = node.get("attrs", {})
-        data, gamma, beta, mean, vari = (_entry(node, k) for k in range(5))
+        data, gamma, beta, mean, vari = (entry(node, k) for k in range(5))
         p = self.padded.get(data)
         if (p is None or data in self.poison or attrs.get("axis", "1") != "1" or float(attrs.get("eps", "1e-3")) < 1e-30
                 or attrs.get("use_global_stats", "False") in ("True", "1")
@@ -307,27 +297,10 @@ class _Rewriter:
         return True
 
 
-def _entry(node, k):
-    """The (node, output) entry of a node's k-th input."""
-    e = node["inputs"][k]
-    return (e[0], e[1])
-
-
-def _consumers(nodes, heads):
-    """old entry -> [(consumer node, input position)]; a graph output counts as consumer (-1, -1)."""
-    found = {}
-    for nid, node in enumerate(nodes):
-        for k, e in enumerate(node["inputs"]):
-            found.setdefault((e[0], e[1]), []).append((nid, k))
-    for h in heads:
-        found.setdefault(h, []).append((-1, -1))
-    return found
-
-
 def _follows_batch_norm(nodes, node):
     """Is ``node`` MXNet's relu of a training batch norm's output (whose NaN flag its statistics give)?"""
-    source = nodes[_entry(node, 0)[0]]
-    return (node["op"] == "relu" and source["op"] == "BatchNorm" and _entry(node, 0)[1] == 0
+    source = nodes[entry(node, 0)[0]]
+    return (node["op"] == "relu" and source["op"] == "BatchNorm" and entry(node, 0)[1] == 0
             and source.get("attrs", {}).get("output_mean_var") in ("True", "1"))
 
 
@@ -336,7 +309,7 @@ def _relus_to_defer(nodes, consumers):
     deferred = set()
     for nid, node in enumerate(nodes):
         if node["op"] == "Pooling" and node.get("attrs", {}).get("pool_type", "max") == "max":
-            source = _entry(node, 0)
+            source = entry(node, 0)
             if _follows_batch_norm(nodes, nodes[source[0]]) and consumers.get(source) == [(nid, 0)]:
                 deferred.add(source[0])
     return deferred
