@@ -40,9 +40,16 @@ def normalize_per_channel(X3, scale, shift):
 
     The one place the per-channel arithmetic of every BN path is written (the
     scratch Function's forward, inference, the traced scratch path and
-    synchronized BN): the same two broadcast ops, so the paths agree to the bit.
+    synchronized BN): the same multiply and add, so the paths agree to the bit.
+    In a traced graph scale and shift are spread to X3's shape by products with
+    ones vectors (exact copies) rather than broadcast, so that their gradients
+    are GEMVs and not MXNet's generic reduction over axes (0, 2).
     """
     ops = ops_for(X3)
+    if ops is sym:
+        pre, C, post = shape = shape_of(X3, "batch_norm")
+        ones = _ones_vectors(tracing.current("batch_norm"), pre, post, dtype_of(X3, "batch_norm"))
+        return X3 * _spread(scale.reshape((1, C)), *ones, shape) + _spread(shift.reshape((1, C)), *ones, shape)
     return ops.broadcast_add(ops.broadcast_mul(X3, scale.reshape((1, -1, 1))), shift.reshape((1, -1, 1)))
 
 
@@ -374,12 +381,7 @@ def _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax):
     scale = gamma * ops.rsqrt(moving_vari + eps)
     shift = beta - moving_mean * scale
     X3 = X.reshape((pre, C, post))
-    if ops is sym:   # in a graph, the same values with GEMV gradients (frozen BN trains through this)
-        ones = _ones_vectors(tracing.current("batch_norm"), pre, post, dtype_of(X, "batch_norm"))
-        Y3 = X3 * _spread(scale.reshape((1, C)), *ones, (pre, C, post)) + _spread(shift.reshape((1, C)), *ones,
-                                                                                   (pre, C, post))
-    else:
-        Y3 = normalize_per_channel(X3, scale, shift)
+    Y3 = normalize_per_channel(X3, scale, shift)
     return Y3.reshape(shape)
 
 
@@ -454,15 +456,15 @@ def _batch_norm_train_scratch_traced(trace, X, gamma, beta, eps, ax, stat_dtype)
     xc = X3 - _spread(mean, *ones, (pre, C, post))
     vari = _per_channel_sum(sym.square(xc), *ones, sym, (pre, C, post)) / m
     scale = gamma.reshape((1, C)) * sym.rsqrt(vari + eps)
-    Y3 = xc * _spread(scale, *ones, (pre, C, post)) + _spread(beta.reshape((1, C)), *ones, (pre, C, post))
+    Y3 = normalize_per_channel(xc, scale, beta)
     return Y3.reshape(shape), mean.reshape((C,)), vari.reshape((C,))
 
 
 def _ones_vectors(trace, pre, post, dtype):
     """The (1, pre) and (post, 1) ones of the traced GEMV reductions, scratch inputs of the graph (the
     second None when post is 1)."""
-    ones_pre = trace.scratch_var("bn_ones_pre", (1, pre), dtype, 1.0)
-    ones_post = trace.scratch_var("bn_ones_post", (post, 1), dtype, 1.0) if post > 1 else None
+    ones_pre = trace.constant_var("bn_ones_pre", (1, pre), dtype, 1.0)
+    ones_post = trace.constant_var("bn_ones_post", (post, 1), dtype, 1.0) if post > 1 else None
     return ones_pre, ones_post
 
 

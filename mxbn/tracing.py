@@ -175,6 +175,7 @@ class Trace:
         self.needs_train_mode = False        # a kernel must see autograd's train flag (BatchNorm)
         self.for_export = False              # inference batch norm as one BatchNorm node (mxbn.export)
         self._cache = {}
+        self._constants = {}                 # (prefix, shape, dtype, fill) -> its shared scratch var
 
     def __enter__(self):
         if getattr(_ACTIVE, "trace", None) is not None:
@@ -239,6 +240,14 @@ class Trace:
         self.state_updates[self._state_var(symbol, op, role)] = new_value
 
     # ---------------------------------------------------------------- scratch arrays
+    def constant_var(self, prefix, shape, dtype, fill):
+        """A scratch var that no op writes (ones vectors, say): one per (prefix, shape, dtype, fill), shared by
+        every op of the trace that asks for it."""
+        key = (prefix, tuple(shape), dtype, fill)
+        if key not in self._constants:
+            self._constants[key] = self.scratch_var(prefix, shape, dtype, fill)
+        return self._constants[key]
+
     def scratch_var(self, prefix, shape, dtype, fill):
         name = f"_mxbn_scratch{len(self.scratch)}_{prefix}"
         self.scratch[name] = (tuple(shape), dtype, fill)
