@@ -17,6 +17,8 @@ from .jit import jit  # noqa: E402  (the function; the module stays importable a
 from .tracing import TracingError  # noqa: E402
 from .export import fold_batch_norm, inference_graph  # noqa: E402
 from .normalization import group_norm, instance_norm, layer_norm  # noqa: E402
+from .batch_renorm import batch_renorm  # noqa: E402
+from .precise_bn import precise_bn  # noqa: E402
 
 __version__ = "0.3.0"
 
@@ -24,5 +26,5 @@ __all__ = [
     "batch_norm", "conv2d", "max_pool2d", "avg_pool2d", "dense", "flatten", "relu",
     "sigmoid", "tanh", "dropout", "softmax_cross_entropy", "accuracy", "correct_count",
     "BATCH_NORM_IMPLS", "init", "optim", "jit", "TracingError", "fold_batch_norm", "inference_graph",
-    "layer_norm", "group_norm", "instance_norm", "__version__",
+    "layer_norm", "group_norm", "instance_norm", "batch_renorm", "precise_bn", "__version__",
 ]

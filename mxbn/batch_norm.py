@@ -7,14 +7,16 @@ the inference path, the traced path and synchronized BN; further normalizations
 (layer, group, instance norm) belong in modules beside this one and reuse it.
 """
 import atexit
+import contextlib
 import math
 import numbers
+import threading
 
 import numpy as np
 from mxnet import autograd, nd, sym
 
 from . import tracing
-from ._checks import is_real
+from ._checks import is_integer, is_real
 from ._arrays import accepts_every_array_kind, constant, dtype_name, dtype_of, ops_for, shape_of
 from .custom_function import Function
 
@@ -25,7 +27,8 @@ from .custom_function import Function
 atexit.register(nd.waitall)
 
 __all__ = ["batch_norm", "BATCH_NORM_IMPLS", "STAT_DTYPE", "check_batch_norm_args", "three_d_shape",
-           "update_moving_stats", "moving_stats_rule", "check_distinct_state", "normalize_per_channel"]
+           "update_moving_stats", "moving_stats_rule", "cumulative_stats_rule", "check_distinct_state",
+           "normalize_per_channel", "recording_batch_stats", "record_batch_stats"]
 
 BATCH_NORM_IMPLS = ("fused", "scratch")
 
@@ -55,7 +58,8 @@ def normalize_per_channel(X3, scale, shift):
 
 @accepts_every_array_kind
 def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
-               momentum=0.9, eps=1e-5, axis=1, impl="fused", check_finite=False):
+               momentum=0.9, eps=1e-5, axis=1, impl="fused", check_finite=False, virtual_batch_size=None,
+               num_batches=None):
     r"""Batch normalization (Ioffe & Szegedy, 2015) over every axis except ``axis``.
 
     ``Y = gamma * (X - mean) / sqrt(var + eps) + beta``, per channel.
@@ -86,7 +90,10 @@ def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
         leaves in its aux states on the CPU.  (PyTorch and MXNet's cuDNN path store
         the unbiased ``m/(m-1) * var``.)  The update is never recorded by autograd
         and does not change any gradient.
-    momentum : float in [0, 1], default 0.9
+    momentum : float in [0, 1] or None, default 0.9
+        None: the cumulative average of every batch seen so far (PyTorch's
+        ``momentum=None``), ``moving += (batch_stat - moving) / n`` with ``n``
+        the number of batches including this one, kept in ``num_batches``.
     eps : float > 0, default 1e-5
         Added to the variance before the square root.  Note ``mx.nd.BatchNorm``'s
         own default is 1e-3.
@@ -106,6 +113,18 @@ def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
     check_finite : bool, default False
         Raise ValueError if ``X`` (or gamma, beta, the moving statistics) holds
         NaN or infinity.  Costs a device-to-host sync, so it is off by default.
+    virtual_batch_size : int or None, default None
+        Ghost batch norm (Hoffer et al., 2017): in training, the batch (axis 0)
+        is cut into consecutive chunks of this many samples, each normalized
+        with its own statistics; the moving statistics are updated once, with
+        the mean over the chunks of their means and of their (biased)
+        variances.  Must divide the batch; the channel axis cannot be 0.
+        Inference is unchanged.
+    num_batches : NDArray, shape ``(1,)``, stats dtype -- *state, updated in place*
+        Required with ``momentum=None`` (and refused otherwise): how many
+        batches the cumulative average holds.  Initialise to 0
+        (``mxbn.init.batch_norm_params(C, ctx, cumulative=True)``); counted in
+        the statistics' dtype, exact up to 2**24 batches in float32.
 
     Returns
     -------
@@ -139,9 +158,10 @@ def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
     """
     if any(isinstance(a, sym.Symbol) for a in (X, gamma, beta, moving_mean, moving_vari)):
         return _batch_norm_traced(X, gamma, beta, is_training, moving_mean, moving_vari,
-                                  momentum, eps, axis, impl, check_finite)
+                                  momentum, eps, axis, impl, check_finite, virtual_batch_size, num_batches)
     ax = check_batch_norm_args(X, gamma, beta, is_training, moving_mean,
                                 moving_vari, momentum, eps, axis, impl)
+    check_variants(X, is_training, ax, moving_mean, moving_vari, momentum, virtual_batch_size, num_batches)
     check_distinct_state(moving_mean, moving_vari)
     if check_finite:
         _check_finite(X=X, gamma=gamma, beta=beta, moving_mean=moving_mean, moving_vari=moving_vari)
@@ -151,12 +171,15 @@ def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
         X = X.astype(stat_dtype)  # differentiable cast, so gradients flow to float16 X
     if not is_training:
         Y = _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax)
-    elif impl == "fused":
-        Y, mean, vari = _batch_norm_train_fused(X, gamma, beta, eps, ax)
-        update_moving_stats(moving_mean, moving_vari, mean, vari, momentum)
     else:
-        Y, mean, vari = _batch_norm_train_scratch(X, gamma, beta, eps, ax)
-        update_moving_stats(moving_mean, moving_vari, mean, vari, momentum)
+        train = _batch_norm_train_fused if impl == "fused" else _batch_norm_train_scratch
+
+        def train_part(part):
+            Y, mean, vari = train(part, gamma, beta, eps, ax)
+            record_batch_stats(moving_mean, moving_vari, mean, vari, part.size // part.shape[ax])
+            return Y, mean, vari
+        Y, mean, vari = in_ghost_batches(train_part, X, virtual_batch_size)
+        update_moving_stats(moving_mean, moving_vari, mean, vari, momentum, num_batches)
     return Y if Y.dtype == in_dtype else Y.astype(in_dtype)
 
 
@@ -172,77 +195,116 @@ class _Described:
 
 
 def check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
-                           momentum, eps, axis, impl):
-    """Validate batch_norm's arguments; return the non-negative channel axis."""
+                           momentum, eps, axis, impl, op="batch_norm"):
+    """Validate batch_norm's arguments (or those of the op named ``op`` that shares them); return the
+    non-negative channel axis."""
     arrays = {"X": X, "gamma": gamma, "beta": beta,
               "moving_mean": moving_mean, "moving_vari": moving_vari}
     traced = any(isinstance(value, sym.Symbol) for value in arrays.values())
     for name, value in arrays.items():
         if traced and not isinstance(value, sym.Symbol):
             raise tracing.TracingError(
-                f"batch_norm: {name} is a {type(value).__name__} inside mxbn.jit while X is traced; pass every "
+                f"{op}: {name} is a {type(value).__name__} inside mxbn.jit while X is traced; pass every "
                 f"array as an argument of the jitted function (constants are not captured)")
         if not traced and not isinstance(value, nd.NDArray):
-            raise TypeError(f"batch_norm: {name} must be an mxnet NDArray, got {type(value).__name__}")
+            raise TypeError(f"{op}: {name} must be an mxnet NDArray, got {type(value).__name__}")
         if not traced and isinstance(value, nd.sparse.BaseSparseNDArray):
-            raise TypeError(f"batch_norm: {name} must be a dense NDArray, got storage type {value.stype!r}")
+            raise TypeError(f"{op}: {name} must be a dense NDArray, got storage type {value.stype!r}")
     if traced:
         X, gamma, beta, moving_mean, moving_vari = (
-            _Described(v, "batch_norm") for v in (X, gamma, beta, moving_mean, moving_vari))
+            _Described(v, op) for v in (X, gamma, beta, moving_mean, moving_vari))
         arrays = {"X": X, "gamma": gamma, "beta": beta,
                   "moving_mean": moving_mean, "moving_vari": moving_vari}
     if not isinstance(is_training, (bool, np.bool_)) and not (
             isinstance(is_training, numbers.Integral) and is_training in (0, 1)):
-        raise TypeError(f"batch_norm: is_training must be a bool, got {is_training!r} "
+        raise TypeError(f"{op}: is_training must be a bool, got {is_training!r} "
                         f"({type(is_training).__name__})")
     if impl not in BATCH_NORM_IMPLS:
-        raise ValueError(f"batch_norm: impl must be one of {BATCH_NORM_IMPLS}, got {impl!r}")
+        raise ValueError(f"{op}: impl must be one of {BATCH_NORM_IMPLS}, got {impl!r}")
     if X.ndim < 2:
-        raise ValueError(f"batch_norm: X must have rank >= 2 (batch and channel axes), "
+        raise ValueError(f"{op}: X must have rank >= 2 (batch and channel axes), "
                          f"got shape {X.shape}")
     if not isinstance(axis, numbers.Integral) or not -X.ndim <= axis < X.ndim:
-        raise ValueError(f"batch_norm: axis must be an integer in [{-X.ndim}, {X.ndim - 1}] "
+        raise ValueError(f"{op}: axis must be an integer in [{-X.ndim}, {X.ndim - 1}] "
                          f"for X of shape {X.shape}, got {axis!r}")
     ax = int(axis) % X.ndim
     x_dtype = dtype_name(X.dtype)
     if x_dtype not in STAT_DTYPE:
-        raise TypeError(f"batch_norm: X has dtype {x_dtype}, expected float16, float32 or float64")
+        raise TypeError(f"{op}: X has dtype {x_dtype}, expected float16, float32 or float64")
     stat_dtype = STAT_DTYPE[x_dtype]
     C = X.shape[ax]
     for name in ("gamma", "beta", "moving_mean", "moving_vari"):
         value = arrays[name]
         if value.shape != (C,):
-            raise ValueError(f"batch_norm: {name} has shape {value.shape}, expected ({C},) "
+            raise ValueError(f"{op}: {name} has shape {value.shape}, expected ({C},) "
                              f"= channels of X on axis {ax} (X has shape {X.shape})")
         if dtype_name(value.dtype) != stat_dtype:
-            raise TypeError(f"batch_norm: {name} has dtype {dtype_name(value.dtype)}, expected "
+            raise TypeError(f"{op}: {name} has dtype {dtype_name(value.dtype)}, expected "
                             f"{stat_dtype} for X of dtype {x_dtype}")
     for name, value in arrays.items():
         if value.context is not None and value.context != X.context:
-            raise ValueError(f"batch_norm: {name} is on {value.context} but X is on {X.context}; "
+            raise ValueError(f"{op}: {name} is on {value.context} but X is on {X.context}; "
                              f"move every array to one context (e.g. .as_in_context({X.context}))")
-    if not is_real(momentum) or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"batch_norm: momentum must be a number in [0, 1] (weight of the old "
-                         f"moving value), got {momentum!r}")
+    if momentum is not None and (not is_real(momentum) or not 0.0 <= momentum <= 1.0):
+        raise ValueError(f"{op}: momentum must be a number in [0, 1] (weight of the old "
+                         f"moving value) or None (cumulative average), got {momentum!r}")
     if not is_real(eps) or not 0 < eps < math.inf:
-        raise ValueError(f"batch_norm: eps must be a number > 0 and finite, got {eps!r}")
+        raise ValueError(f"{op}: eps must be a number > 0 and finite, got {eps!r}")
     if is_training and X.size // C < 2:
         raise ValueError(
-            f"batch_norm: a training batch needs at least 2 values per channel to have a "
+            f"{op}: a training batch needs at least 2 values per channel to have a "
             f"variance; X of shape {X.shape} has 1 per channel. Drop this batch, use a larger "
             f"one, or call with is_training=False (moving statistics were not updated)")
     return ax
 
 
-def check_distinct_state(moving_mean, moving_vari):
+def check_distinct_state(moving_mean, moving_vari, op="batch_norm"):
     """The two moving statistics must be two arrays (one NDArray handle, or one traced graph input, is one)."""
-    if isinstance(moving_mean, sym.Symbol):
-        same = moving_mean.name == moving_vari.name
-    else:
-        same = moving_mean.handle.value == moving_vari.handle.value
-    if same:
-        raise ValueError("batch_norm: moving_mean and moving_vari are the same array; each statistic needs "
+    if _handle(moving_mean) == _handle(moving_vari):
+        raise ValueError(f"{op}: moving_mean and moving_vari are the same array; each statistic needs "
                          "its own (C,) array (mxbn.init.batch_norm_params makes both)")
+
+
+def check_variants(X, is_training, ax, moving_mean, moving_vari, momentum, virtual_batch_size, num_batches):
+    """Check ghost BN's ``virtual_batch_size`` and the cumulative average's ``num_batches`` (X may be a traced
+    Symbol's description)."""
+    if virtual_batch_size is not None:
+        N = X.shape[0]
+        if not is_integer(virtual_batch_size) or virtual_batch_size < 1:
+            raise ValueError(f"batch_norm: virtual_batch_size must be a positive integer or None, got "
+                             f"{virtual_batch_size!r}")
+        if ax == 0:
+            raise ValueError("batch_norm: virtual_batch_size splits axis 0 (the batch), so the channel axis "
+                             "cannot be 0 with it; got axis 0")
+        if is_training and N % virtual_batch_size:
+            raise ValueError(f"batch_norm: virtual_batch_size must divide the batch: got virtual_batch_size="
+                             f"{virtual_batch_size} for a batch of {N} (X has shape {X.shape})")
+        if is_training and virtual_batch_size * (X.size // (N * X.shape[ax])) < 2:
+            raise ValueError(f"batch_norm: a ghost batch of {virtual_batch_size} sample(s) of X's shape "
+                             f"{X.shape} has 1 value per channel, so no variance; use virtual_batch_size >= 2")
+    if momentum is None:
+        if num_batches is None:
+            raise ValueError("batch_norm: momentum=None (the cumulative average) needs num_batches, the (1,) "
+                             "state array counting the batches averaged so far (start it at 0: "
+                             "mxbn.init.batch_norm_params(C, ctx, cumulative=True))")
+        expected = STAT_DTYPE[dtype_name(X.dtype)]
+        if not isinstance(num_batches, (nd.NDArray, sym.Symbol)):
+            raise TypeError(f"batch_norm: num_batches must be an NDArray of shape (1,), got "
+                            f"{type(num_batches).__name__}")
+        described = _Described(num_batches, "batch_norm") if isinstance(num_batches, sym.Symbol) else num_batches
+        if described.shape != (1,) or dtype_name(described.dtype) != expected:
+            raise ValueError(f"batch_norm: num_batches must have shape (1,) and dtype {expected}, got shape "
+                             f"{described.shape} and dtype {dtype_name(described.dtype)}")
+        names = {_handle(a) for a in (moving_mean, moving_vari)}
+        if _handle(num_batches) in names:
+            raise ValueError("batch_norm: num_batches is the same array as a moving statistic; it needs its own")
+    elif num_batches is not None:
+        raise ValueError(f"batch_norm: num_batches is the counter of momentum=None's cumulative average, but "
+                         f"momentum={momentum!r}; pass momentum=None or leave num_batches out")
+
+
+def _handle(array):
+    return array.name if isinstance(array, sym.Symbol) else array.handle.value
 
 
 def _check_finite(**arrays):
@@ -394,7 +456,7 @@ def _momentum_weights(momentum):
 
 
 def _batch_norm_traced(X, gamma, beta, is_training, moving_mean, moving_vari, momentum, eps, axis, impl,
-                       check_finite):
+                       check_finite, virtual_batch_size, num_batches):
     """batch_norm inside mxbn.jit: graph nodes, and the new moving statistics handed to the trace.
 
     Same arithmetic as the imperative paths: "fused" is MXNet's BatchNorm
@@ -405,6 +467,8 @@ def _batch_norm_traced(X, gamma, beta, is_training, moving_mean, moving_vari, mo
     """
     trace = tracing.current("batch_norm")
     ax = check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari, momentum, eps, axis, impl)
+    check_variants(_Described(X, "batch_norm"), is_training, ax, moving_mean, moving_vari, momentum,
+                   virtual_batch_size, num_batches)
     check_distinct_state(moving_mean, moving_vari)
     if check_finite:
         raise tracing.TracingError("batch_norm: check_finite=True reads the values, which a traced graph "
@@ -423,12 +487,40 @@ def _batch_norm_traced(X, gamma, beta, is_training, moving_mean, moving_vari, mo
         Y = _batch_norm_inference(X, gamma, beta, mean_now, vari_now, eps, ax)
     else:
         train = _batch_norm_train_fused_traced if impl == "fused" else _batch_norm_train_scratch_traced
-        Y, mean, vari = train(trace, X, gamma, beta, eps, ax, stat_dtype)
-        new_mean, new_vari = moving_stats_rule(mean_now, vari_now, sym.BlockGrad(mean), sym.BlockGrad(vari),
-                                               momentum)
-        trace.set_state(moving_mean, sym.BlockGrad(new_mean), "batch_norm", "moving_mean")
-        trace.set_state(moving_vari, sym.BlockGrad(new_vari), "batch_norm", "moving_vari")
+        Y, mean, vari = in_ghost_batches(lambda part: train(trace, part, gamma, beta, eps, ax, stat_dtype), X,
+                                         virtual_batch_size)
+        set_traced_stats(trace, (moving_mean, moving_vari, num_batches), sym.BlockGrad(mean), sym.BlockGrad(vari),
+                         momentum, "batch_norm")
     return Y if in_dtype == stat_dtype else sym.cast(Y, dtype=in_dtype)
+
+
+def set_traced_stats(trace, state, mean, vari, momentum, op):
+    """Hand the trace the new values of ``state`` = (moving_mean, moving_vari, num_batches or None) after a
+    training batch with statistics ``mean``, ``vari`` (the graph computes them; jit writes them back)."""
+    moving_mean, moving_vari, num_batches = state
+    now = [trace.current_value(moving_mean, op, "moving_mean"), trace.current_value(moving_vari, op, "moving_vari")]
+    if momentum is None:
+        now.append(trace.current_value(num_batches, op, "num_batches"))
+        new = cumulative_stats_rule(*now, mean, vari)
+    else:
+        new = moving_stats_rule(*now, mean, vari, momentum)
+    for array, value, role in zip(state, new, ("moving_mean", "moving_vari", "num_batches")):
+        trace.set_state(array, sym.BlockGrad(value), op, role)
+
+
+def in_ghost_batches(train, X, virtual_batch_size):
+    """``train(X) -> (Y, mean, vari)`` on each consecutive chunk of ``virtual_batch_size`` samples of X (all of
+    X when None): the outputs concatenated, the chunks' means and variances averaged.  NDArrays or Symbols."""
+    N = shape_of(X, "batch_norm")[0]
+    if virtual_batch_size is None or virtual_batch_size >= N:
+        return train(X)
+    ops = ops_for(X)
+    parts = [train(ops.slice_axis(X, axis=0, begin=start, end=start + virtual_batch_size))
+             for start in range(0, N, virtual_batch_size)]
+    Y = ops.concat(*[p[0] for p in parts], dim=0)
+    mean = ops.add_n(*[p[1] for p in parts]) / len(parts)
+    vari = ops.add_n(*[p[2] for p in parts]) / len(parts)
+    return Y, mean, vari
 
 
 def _batch_norm_train_fused_traced(trace, X, gamma, beta, eps, ax, stat_dtype):
@@ -478,22 +570,73 @@ def _spread(v, ones_pre, ones_post, shape):
     return sym.dot(rows.reshape((pre * C, 1)), ones_post, transpose_b=True).reshape(shape)
 
 
+def _all_finite(mean, vari, like):
+    """1 where every batch statistic is finite, else 0, broadcast like ``like`` (decided on the device)."""
+    ops = ops_for(mean)
+    # x - x is 0 exactly when x is finite (inf - inf and NaN - NaN are NaN)
+    finite = ops.min(((mean - mean) == 0) * ((vari - vari) == 0))
+    return ops.broadcast_like(finite.reshape((1,)), like)
+
+
 def moving_stats_rule(moving_mean, moving_vari, mean, vari, momentum):
     """The new moving statistics: ``momentum*moving + (1-momentum)*batch``, or the old ones unchanged when
     the batch statistics hold a NaN or an infinity (decided on the device, no host sync), so that a
     non-finite batch never poisons the state.  NDArrays or traced Symbols alike."""
     ops = ops_for(mean)
     keep, take = _momentum_weights(momentum)
-    # x - x is 0 exactly when x is finite (inf - inf and NaN - NaN are NaN); 1 when every value is finite
-    finite = ops.min(((mean - mean) == 0) * ((vari - vari) == 0))
-    finite = ops.broadcast_like(finite.reshape((1,)), moving_mean)
+    finite = _all_finite(mean, vari, moving_mean)
     return (ops.where(finite, keep * moving_mean + take * mean, moving_mean),
             ops.where(finite, keep * moving_vari + take * vari, moving_vari))
 
 
-def update_moving_stats(moving_mean, moving_vari, mean, vari, momentum):
-    """moving = momentum*moving + (1-momentum)*batch (moving_stats_rule), in place, outside the graph."""
+def cumulative_stats_rule(moving_mean, moving_vari, num_batches, mean, vari):
+    """momentum=None: with n = num_batches + 1, ``moving = (1 - 1/n)*moving + (1/n)*batch`` (the first batch
+    replaces the initial values exactly) and the counter becomes n; a non-finite batch changes nothing."""
+    ops = ops_for(mean)
+    count = num_batches + 1
+    take = ops.broadcast_like(1.0 / count, moving_mean)
+    finite = _all_finite(mean, vari, moving_mean)
+    new_mean = ops.where(finite, (1 - take) * moving_mean + take * mean, moving_mean)
+    new_vari = ops.where(finite, (1 - take) * moving_vari + take * vari, moving_vari)
+    return new_mean, new_vari, ops.where(finite.slice_axis(axis=0, begin=0, end=1), count, num_batches)
+
+
+def update_moving_stats(moving_mean, moving_vari, mean, vari, momentum, num_batches=None):
+    """The moving statistics (and with momentum=None the counter) updated in place, outside the graph, by
+    moving_stats_rule or cumulative_stats_rule."""
     with autograd.pause():
-        new_mean, new_vari = moving_stats_rule(moving_mean, moving_vari, mean.detach(), vari.detach(), momentum)
+        mean, vari = mean.detach(), vari.detach()
+        if momentum is None:
+            new_mean, new_vari, new_count = cumulative_stats_rule(moving_mean, moving_vari, num_batches, mean, vari)
+            num_batches[:] = new_count
+        else:
+            new_mean, new_vari = moving_stats_rule(moving_mean, moving_vari, mean, vari, momentum)
         moving_mean[:] = new_mean
         moving_vari[:] = new_vari
+
+
+# Batch statistics seen by imperative training calls, for mxbn.precise_bn: while a recorder is open every
+# training-mode batch norm on this thread adds (mean, biased var, values per channel) under its moving_mean's
+# handle.  A hook rather than an argument because the recorder must see inside a user's net without changing
+# its signature.
+_RECORDING = threading.local()
+
+
+@contextlib.contextmanager
+def recording_batch_stats():
+    """Collect the batch statistics of every imperative training-mode batch norm inside the block: yields a
+    dict ``{moving_mean handle: ((moving_mean, moving_vari), [(mean, vari, count), ...])}`` (NDArrays (C,))."""
+    previous = getattr(_RECORDING, "stats", None)
+    _RECORDING.stats = {}
+    try:
+        yield _RECORDING.stats
+    finally:
+        _RECORDING.stats = previous
+
+
+def record_batch_stats(moving_mean, moving_vari, mean, vari, count):
+    """Give an open recorder (recording_batch_stats) one batch's statistics; nothing when none is open."""
+    stats = getattr(_RECORDING, "stats", None)
+    if stats is not None:
+        entry = stats.setdefault(moving_mean.handle.value, ((moving_mean, moving_vari), []))
+        entry[1].append((mean.detach(), vari.detach(), count))

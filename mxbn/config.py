@@ -10,6 +10,7 @@ from .context import ContextError, parse_contexts
 from .data import DATASETS
 from .batch_norm import BATCH_NORM_IMPLS
 from .init import INIT_NAMES
+from .models import BATCH_NORMS, DEFAULT_GN_GROUPS, LENET_CONV, NORMS
 from .optim import OPTIMIZERS
 from .parallel.kvstore import KVSTORE_TYPES
 
@@ -61,7 +62,13 @@ class TrainConfig:
                                   "some tutorials did)")
     clip_grad_norm: Optional[float] = _option(None, "clip the gradients by their global L2 norm to at most this "
                                                     "before each update (computed on the device; counted per epoch)")
-    use_bn: bool = _option(True, "LeNet without batch norm", flag="--no-bn")
+    use_bn: bool = _option(True, "LeNet without batch norm (the same as --norm none)", flag="--no-bn")
+    norm: str = _option("bn", "the normalization after each convolution: bn batch norm (the tutorial's), renorm "
+                              "batch renormalization (r_max 3, d_max 5), gn group norm, ln layer norm (over C, H, "
+                              "W, per-channel gamma/beta), in instance norm, none", choices=NORMS)
+    gn_groups: int = _option(DEFAULT_GN_GROUPS, "groups of --norm gn; must divide LeNet's 20 and 50 channels")
+    precise_bn: Optional[int] = _option(None, "before every evaluation, recompute the batch norms' statistics "
+                                              "exactly (mxbn.precise_bn) over N training batches, weights fixed")
     bn_mode: str = _option("train", "train: BN normalizes with batch statistics and updates its moving ones; "
                                     "frozen: BN normalizes with the moving statistics and keeps them (fine-tuning, "
                                     "as Gluon's use_global_stats)", choices=BN_MODES)
@@ -115,14 +122,20 @@ class TrainConfig:
             devices = parse_contexts(self.ctx)
         except ContextError as e:
             raise ConfigError(str(e)) from None
+        self._check_norm()
         if self.bn_sync:
-            if not self.use_bn:
-                raise ConfigError("bn_sync needs batch norm; it cannot be combined with --no-bn")
+            if self.normalization != "bn":
+                raise ConfigError(f"bn_sync synchronizes batch norm's statistics across devices; it cannot be "
+                                  f"combined with {self._norm_flag()} (use --norm bn)")
             if len(devices) < 2:
                 raise ConfigError(f"bn_sync synchronizes the devices of one process, and ctx {self.ctx!r} names "
                                   f"one; list several (e.g. --ctx gpu:0,gpu:1) or leave out --bn-sync")
-        if self.trace_bn and not self.use_bn:
-            raise ConfigError("trace_bn follows the batch-norm layers; it cannot be combined with --no-bn")
+        if self.normalization == "renorm" and (len(devices) > 1 or self.kvstore is not None):
+            raise ConfigError("--norm renorm trains on one device: its r_max/d_max schedule is written into one "
+                              "state between steps; use one --ctx and no --kvstore")
+        if self.trace_bn and self.normalization != "bn":
+            raise ConfigError(f"trace_bn follows the batch-norm layers; it cannot be combined with "
+                              f"{self._norm_flag()}")
         self._check_fine_tuning()
         if (len(devices) > 1 and devices[0][0] == "cpu" and self.bn_impl == "scratch"
                 and self.graph == "imperative"):
@@ -136,11 +149,37 @@ class TrainConfig:
         self._check_used()
         return self
 
+    @property
+    def normalization(self):
+        """The norm LeNet has: ``norm``, or "none" with --no-bn."""
+        return self.norm if self.use_bn else "none"
+
+    def _norm_flag(self):
+        return "--no-bn" if not self.use_bn else f"--norm {self.norm}"
+
+    def _check_norm(self):
+        _one_of("norm", self.norm, NORMS)
+        if not self.use_bn and self.norm != "bn":
+            raise ConfigError(f"--no-bn is --norm none; it cannot be combined with --norm {self.norm}")
+        _positive_int(flag_of("gn_groups"), self.gn_groups)
+        widths = [out_c for out_c, _, _ in LENET_CONV]
+        if any(c % self.gn_groups for c in widths):
+            raise ConfigError(f"gn_groups ({flag_of('gn_groups')}) must divide LeNet's {widths[0]} and {widths[1]} "
+                              f"channels (1, 2, 5 or 10), got {self.gn_groups}")
+        if self.precise_bn is not None:
+            _positive_int(flag_of("precise_bn"), self.precise_bn)
+            if self.normalization not in BATCH_NORMS:
+                raise ConfigError(f"precise_bn ({flag_of('precise_bn')}) recomputes batch statistics; "
+                                  f"{self._norm_flag()} has none (use --norm bn or renorm)")
+
     def _check_fine_tuning(self):
         _one_of("bn_mode", self.bn_mode, BN_MODES)
-        for name, on in (("bn_mode", self.bn_mode != "train"), ("freeze_affine", self.freeze_affine)):
-            if on and not self.use_bn:
-                raise ConfigError(f"{flag_of(name)} applies to batch norm; it cannot be combined with --no-bn")
+        if self.bn_mode != "train" and self.normalization not in BATCH_NORMS:
+            raise ConfigError(f"{flag_of('bn_mode')} applies to batch norm's statistics; it cannot be combined "
+                              f"with {self._norm_flag()}")
+        if self.freeze_affine and self.normalization == "none":
+            raise ConfigError(f"{flag_of('freeze_affine')} applies to a norm's gamma and beta; it cannot be "
+                              f"combined with {self._norm_flag()}")
         if self.bn_mode == "frozen" and self.bn_sync:
             raise ConfigError("--bn-mode frozen normalizes with the moving statistics, so there are no batch "
                               "statistics to synchronize: leave out --bn-sync")
@@ -199,7 +238,8 @@ class TrainConfig:
                  ("lr_step_epochs", self.lr_schedule != "step", "--lr-schedule step"),
                  ("momentum", self.optimizer != "momentum", "--optimizer momentum"),
                  ("layout_pass", self.graph != "static", "--graph static"),
-                 ("wd_all", self.weight_decay == 0, "--weight-decay > 0")]
+                 ("wd_all", self.weight_decay == 0, "--weight-decay > 0"),
+                 ("gn_groups", self.norm != "gn", "--norm gn")]
         for name, unused, needs in inert:
             if unused and getattr(self, name) != _DEFAULTS[name]:
                 raise ConfigError(f"{flag_of(name)} applies only with {needs}; it would be ignored here "

@@ -14,6 +14,7 @@ MXNet's own format (what ``gluon.SymbolBlock.imports`` and the Module API load).
   :func:`save_onnx` writes ``PREFIX.onnx`` (opset 13) through MXNet 1.9.1's ONNX exporter, which needs
   onnx < 1.19 (the ``[onnx]`` extra: onnx 1.18.0, which has no wheels for Python 3.14).
 """
+import contextlib
 import json
 import os
 
@@ -261,6 +262,23 @@ def require_onnx():
     return onnx
 
 
+@contextlib.contextmanager
+def _onnx_opset(onnx, version):
+    """MXNet's exporter asks ``onnx.defs.onnx_opset_version()`` (the installed onnx's newest opset, 23 for
+    onnx 1.18) which opset to translate to and check against, and has no argument for it.  Its
+    translations are opset 13's at the newest (ReduceMean with ``axes`` as an attribute, which opset 18
+    made an input), so it is told 13 while it runs, its graph check included."""
+    newest, context = onnx.defs.onnx_opset_version, onnx.checker.DEFAULT_CONTEXT
+    imports = context.opset_imports
+    onnx.defs.onnx_opset_version = lambda: version
+    context.opset_imports = {"": version}     # the graph check the exporter runs, with its default context
+    try:
+        yield
+    finally:
+        onnx.defs.onnx_opset_version = newest
+        context.opset_imports = imports
+
+
 def save_onnx(graph, arrays, path, input_shape, input_name=INPUT_NAME, output_name="logits"):
     """``path`` (.onnx, opset 13): input ``input_name`` with a free batch dimension, output ``output_name``;
     written atomically.  ``graph`` must hold only ops MXNet's exporter translates (a folded graph does)."""
@@ -270,8 +288,9 @@ def save_onnx(graph, arrays, path, input_shape, input_name=INPUT_NAME, output_na
     onnx = require_onnx()
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "raw.onnx")
-        mx.onnx.export_model(graph, dict(arrays), [tuple(input_shape)], [np.float32], raw, dynamic=True,
-                             dynamic_input_shapes=[(None,) + tuple(input_shape[1:])])
+        with _onnx_opset(onnx, ONNX_OPSET):
+            mx.onnx.export_model(graph, dict(arrays), [tuple(input_shape)], [np.float32], raw, dynamic=True,
+                                 dynamic_input_shapes=[(None,) + tuple(input_shape[1:])])
         model = onnx.load(raw)
     # the exporter stamps the installed onnx's newest opset; its translations are opset 13's
     for opset in model.opset_import:

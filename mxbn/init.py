@@ -65,7 +65,7 @@ def zeros(shape, ctx, dtype="float32"):
     return nd.zeros(tuple(shape), ctx=ctx, dtype=dtype)
 
 
-def batch_norm_params(C, ctx, dtype="float32"):
+def batch_norm_params(C, ctx, dtype="float32", cumulative=False):
     """Initial batch-norm values for C channels: ``(params, state)``.
 
     params = {"gamma": ones, "beta": zeros} -- the identity affine map, so an
@@ -73,12 +73,16 @@ def batch_norm_params(C, ctx, dtype="float32"):
     state = {"moving_mean": zeros, "moving_vari": ones} -- the statistics of a
     standardised input (the tutorial started the variance at 0, which makes the
     first inference outputs blow up by 1/sqrt(eps)).
+    ``cumulative=True`` adds ``"num_batches": zeros((1,))``, the counter that
+    ``batch_norm(..., momentum=None)`` needs.
     """
     if isinstance(C, bool) or not isinstance(C, numbers.Integral) or C < 1:
         raise ValueError(f"batch_norm_params: C must be a positive int, got {C!r}")
     params = {"gamma": nd.ones((C,), ctx=ctx, dtype=dtype), "beta": nd.zeros((C,), ctx=ctx, dtype=dtype)}
     state = {"moving_mean": nd.zeros((C,), ctx=ctx, dtype=dtype),
              "moving_vari": nd.ones((C,), ctx=ctx, dtype=dtype)}
+    if cumulative:
+        state["num_batches"] = nd.zeros((1,), ctx=ctx, dtype=dtype)
     return params, state
 
 

@@ -4,13 +4,20 @@
 (the optimizer updates them), ``state`` the batch-norm moving statistics (only
 ``batch_norm`` updates them).  Forward functions take both explicitly and keep
 no hidden state.  Names: ``conv1_weight``, ``bn1_gamma``, ``bn1_moving_mean``, ...
+
+A normalization layer's prefix names its kind (``norm`` of ``*_params``): ``bn`` batch norm, ``renorm``
+batch renormalization (both with moving statistics in ``state``), ``gn`` group norm, ``ln`` layer norm,
+``in`` instance norm (no state).  So the params dict alone says which net it is, and one forward serves all.
 """
 from . import functional as F
 from . import init as I
+from .batch_renorm import batch_renorm
+from .normalization import group_norm, instance_norm, layer_norm
 
 __all__ = ["lenet_params", "lenet", "lenet_layers", "lenet_conv", "lenet_pool", "lenet_head", "LENET_BLOCKS",
-           "LENET_STAGES", "LENET_STAGE_NORMS", "mlp_params",
-           "mlp", "mlp_layers", "ACTIVATIONS", "min_train_batch_size", "uses_batch_norm"]
+           "LENET_STAGES", "LENET_STAGE_NORMS", "mlp_params", "NORMS", "BATCH_NORMS", "DEFAULT_GN_GROUPS",
+           "RENORM_LIMITS", "renorm_limits", "renorm_schedule",
+           "mlp", "mlp_layers", "ACTIVATIONS", "min_train_batch_size", "uses_batch_norm", "norm_of"]
 
 ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "tanh": F.tanh}
 
@@ -22,31 +29,85 @@ LENET_FLAT = 50 * 5 * 5                      # 28 -5+1=24 -pool-> 12 -3+1=10 -po
 NUM_CLASSES = 10
 
 
-def _add_bn(params, state, prefix, channels, ctx):
+NORMS = ("bn", "renorm", "gn", "ln", "in", "none")
+BATCH_NORMS = ("bn", "renorm")       # the norms that use batch statistics and keep moving ones
+# Groups of group norm: 5 divides both LeNet widths (20 and 50 channels: 4 and 10 per group).  Wu & He's 32
+# groups need 32 | C, which LeNet's widths are not.
+DEFAULT_GN_GROUPS = 5
+# Batch renorm's limits live in the state as (1,) arrays, so that a schedule can relax them between steps
+# without a new graph (Ioffe 2017 starts at r_max=1, d_max=0: plain batch norm); these are the final values.
+RENORM_LIMITS = {"renorm_r_max": 3.0, "renorm_d_max": 5.0}
+
+
+def _norm_name(use_bn, norm):
+    """The norm kind from ``*_params``' arguments: ``norm`` when given, else bn or none by ``use_bn``."""
+    norm = ("bn" if use_bn else "none") if norm is None else norm
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm
+
+
+def _add_norm(params, state, norm, i, channels, ctx):
+    """gamma/beta of norm layer ``i`` (and, for the batch norms, its moving statistics) under its kind's prefix."""
+    if norm == "none":
+        return
     p, s = I.batch_norm_params(channels, ctx)
-    params.update({f"{prefix}_{k}": v for k, v in p.items()})
-    state.update({f"{prefix}_{k}": v for k, v in s.items()})
+    params.update({f"{norm}{i}_{k}": v for k, v in p.items()})
+    if norm in BATCH_NORMS:
+        state.update({f"{norm}{i}_{k}": v for k, v in s.items()})
+    if norm == "renorm":
+        for name, value in RENORM_LIMITS.items():
+            state.setdefault(name, I.zeros((1,), ctx) + value)
 
 
-def lenet_params(ctx, use_bn=True, init="normal", seed=0, init_scale=I.DEFAULT_NORMAL_SCALE):
-    """Parameters and BN state of the tutorial's LeNet.
+def renorm_limits(fraction):
+    """(r_max, d_max) after ``fraction`` of a run's steps: Ioffe's schedule in shape (plain batch norm first,
+    then the limits relaxed linearly; his ran 5k steps at r_max=1, d_max=0, then opened r_max to 3 over 40k
+    and d_max to 5 over 25k), stretched for runs of a few thousand steps: plain batch norm for the first
+    30 %, the final limits from 80 %.  Opened sooner (5 % .. 25 %), LeNet at lr 0.2 lost most of its first
+    epoch (train loss 3.4 against batch norm's 1.2 on 6,000 images)."""
+    ramp = min(1.0, max(0.0, (fraction - 0.30) / 0.50))
+    r_max, d_max = RENORM_LIMITS.values()
+    return 1.0 + ramp * (r_max - 1.0), ramp * d_max
+
+
+def renorm_schedule(total_steps):
+    """An ``after_step(global_step, params, state)`` that writes renorm_limits for the next step into the
+    state's r_max and d_max (call it with step 0 before training to start from plain batch norm)."""
+    def relax(global_step, params, state):
+        for name, value in zip(RENORM_LIMITS, renorm_limits(global_step / total_steps)):
+            state[name][:] = value
+    return relax
+
+
+def norm_of(params, i):
+    """The kind of norm layer ``i`` in ``params`` (its prefix), or None when the layer has none."""
+    return next((kind for kind in NORMS[:-1] if f"{kind}{i}_gamma" in params), None)
+
+
+def lenet_params(ctx, use_bn=True, init="normal", seed=0, init_scale=I.DEFAULT_NORMAL_SCALE, norm=None):
+    """Parameters and normalization state of the tutorial's LeNet.
 
     Parameters
     ----------
     ctx : mx.Context
     use_bn : bool, default True
         Batch norm after each convolution (then the convolutions have no bias:
-        BN's beta makes it redundant).
+        BN's beta makes it redundant).  Overridden by ``norm``.
+    norm : one of NORMS or None
+        The normalization after each convolution (None: ``use_bn`` decides between "bn" and "none");
+        every norm but "none" has a beta, so the convolutions then have no bias.
     init : {"normal", "xavier", "he"}, default "normal"
         Weight initializer; "normal" uses ``init_scale`` (the tutorial's 0.01).
     seed : int or np.random.Generator, default 0
     """
+    norm = _norm_name(use_bn, norm)
     rng = I.as_rng(seed)
     params, state = {}, {}
     for i, (out_c, in_c, k) in enumerate(LENET_CONV, start=1):
         params[f"conv{i}_weight"] = I.weight(init, (out_c, in_c, k, k), ctx, rng, init_scale)
-        if use_bn:
-            _add_bn(params, state, f"bn{i}", out_c, ctx)
+        if norm != "none":
+            _add_norm(params, state, norm, i, out_c, ctx)
         else:
             params[f"conv{i}_bias"] = I.zeros((out_c,), ctx)
     params["fc1_weight"] = I.weight(init, (LENET_HIDDEN, LENET_FLAT), ctx, rng, init_scale)
@@ -56,10 +117,29 @@ def lenet_params(ctx, use_bn=True, init="normal", seed=0, init_scale=I.DEFAULT_N
     return params, state
 
 
-def _bn(params, state, prefix, X, is_training, bn_impl, bn_momentum):
-    return F.batch_norm(X, params[f"{prefix}_gamma"], params[f"{prefix}_beta"], is_training,
-                        state[f"{prefix}_moving_mean"], state[f"{prefix}_moving_vari"],
-                        momentum=bn_momentum, impl=bn_impl)
+def _normalize(params, state, kind, i, X, is_training, options, spatial):
+    """Norm layer ``i`` of kind ``kind`` on X; ``options`` holds bn_impl, bn_momentum and gn_groups.
+
+    Layer norm of a feature map (``spatial``) normalizes each sample over (C, H, W) with a per-channel
+    gamma and beta, as in Wu & He (2018): group norm with one group; of features (N, C), over C."""
+    prefix = f"{kind}{i}"
+    gamma, beta = params[f"{prefix}_gamma"], params[f"{prefix}_beta"]
+    if kind in BATCH_NORMS:
+        moving = (state[f"{prefix}_moving_mean"], state[f"{prefix}_moving_vari"])
+        if kind == "bn":
+            return F.batch_norm(X, gamma, beta, is_training, *moving, momentum=options["bn_momentum"],
+                                impl=options["bn_impl"])
+        return batch_renorm(X, gamma, beta, is_training, *moving, *(state[name] for name in RENORM_LIMITS),
+                            momentum=options["bn_momentum"])
+    if kind == "gn":
+        return group_norm(X, gamma, beta, options["gn_groups"])
+    if kind == "ln":
+        return group_norm(X, gamma, beta, 1) if spatial else layer_norm(X, gamma, beta)
+    return instance_norm(X, gamma, beta)
+
+
+def _options(bn_impl, bn_momentum, gn_groups):
+    return dict(bn_impl=bn_impl, bn_momentum=bn_momentum, gn_groups=gn_groups)
 
 
 # LeNet in three stages around its batch norms, so that a data-parallel forward
@@ -106,51 +186,59 @@ LENET_STAGES = (_lenet_input_stage, _lenet_middle_stage, _lenet_output_stage)
 LENET_STAGE_NORMS = tuple(f"bn{i}" for i in LENET_BLOCKS)
 
 
-def lenet_layers(params, state, X, is_training, bn_impl="fused", bn_momentum=0.9):
-    """(logits, taps): the LeNet forward, and per batch-norm layer ``(name, its input, its output)``.
+def lenet_layers(params, state, X, is_training, bn_impl="fused", bn_momentum=0.9, gn_groups=DEFAULT_GN_GROUPS):
+    """(logits, taps): the LeNet forward, and per normalization layer ``(name, its input, its output)``.
 
     Under mxbn.jit only what the caller returns is computed, so ``lenet`` (the
     logits alone) pays nothing for the taps.
     """
+    options = _options(bn_impl, bn_momentum, gn_groups)
     H = X
     taps = []
     for i in LENET_BLOCKS:
         H = lenet_conv(params, i, H)
-        if f"bn{i}_gamma" in params:
-            normalized = _bn(params, state, f"bn{i}", H, is_training, bn_impl, bn_momentum)
-            taps.append((f"bn{i}", H, normalized))
+        kind = norm_of(params, i)
+        if kind is not None:
+            normalized = _normalize(params, state, kind, i, H, is_training, options, spatial=True)
+            taps.append((f"{kind}{i}", H, normalized))
             H = normalized
         H = lenet_pool(H)
     return lenet_head(params, H), taps
 
 
-def lenet(params, state, X, is_training, bn_impl="fused", bn_momentum=0.9):
-    """Logits (N, 10) of LeNet for images X (N, 1, 28, 28). BN is used iff ``params`` has it."""
-    return lenet_layers(params, state, X, is_training, bn_impl, bn_momentum)[0]
+def lenet(params, state, X, is_training, bn_impl="fused", bn_momentum=0.9, gn_groups=DEFAULT_GN_GROUPS):
+    """Logits (N, 10) of LeNet for images X (N, 1, 28, 28), with the normalization ``params`` has (if any)."""
+    return lenet_layers(params, state, X, is_training, bn_impl, bn_momentum, gn_groups)[0]
 
 
-def mlp_params(ctx, sizes, use_bn=False, init="he", seed=0, init_scale=I.DEFAULT_NORMAL_SCALE):
-    """An MLP with layer sizes ``sizes`` (e.g. (784, 100, 100, 10)); BN after each hidden affine.
+def mlp_params(ctx, sizes, use_bn=False, init="he", seed=0, init_scale=I.DEFAULT_NORMAL_SCALE, norm=None):
+    """An MLP with layer sizes ``sizes`` (e.g. (784, 100, 100, 10)); a norm after each hidden affine.
 
-    Hidden affines keep their bias even with BN, as in the studies this
-    reproduces (BN's beta makes it redundant, but harmless).
+    ``norm`` as lenet_params' (None: ``use_bn`` picks "bn" or "none"); "in" needs spatial axes, so an MLP
+    refuses it.  Hidden affines keep their bias even with a norm, as in the studies this reproduces (the
+    norm's beta makes it redundant, but harmless).
     """
     if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
         raise ValueError(f"mlp sizes must list at least an input and an output size, got {sizes!r}")
+    norm = _norm_name(use_bn, norm)
+    if norm == "in":
+        raise ValueError("norm 'in' (instance norm) needs spatial axes; an MLP's features have none")
     rng = I.as_rng(seed)
     params, state = {}, {}
     for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         params[f"fc{i}_weight"] = I.weight(init, (d_out, d_in), ctx, rng, init_scale)
         params[f"fc{i}_bias"] = I.zeros((d_out,), ctx)
-        if use_bn and i < len(sizes) - 1:
-            _add_bn(params, state, f"bn{i}", d_out, ctx)
+        if i < len(sizes) - 1:
+            _add_norm(params, state, norm, i, d_out, ctx)
     return params, state
 
 
-def mlp_layers(params, state, X, is_training, activation="relu", bn_impl="fused", bn_momentum=0.9):
+def mlp_layers(params, state, X, is_training, activation="relu", bn_impl="fused", bn_momentum=0.9,
+               gn_groups=DEFAULT_GN_GROUPS):
     """(output, taps): the MLP forward, and per hidden layer ``(name, affine output, activation input)``
-    (the same array without BN; BN's output with it).  Under mxbn.jit unused taps cost nothing."""
+    (the same array without a norm; the norm's output with it).  Under mxbn.jit unused taps cost nothing."""
     act = ACTIVATIONS[activation]
+    options = _options(bn_impl, bn_momentum, gn_groups)
     n_layers = sum(1 for k in params if k.endswith("_weight"))
     H = X
     taps = []
@@ -158,20 +246,23 @@ def mlp_layers(params, state, X, is_training, activation="relu", bn_impl="fused"
         H = F.dense(H, params[f"fc{i}_weight"], params[f"fc{i}_bias"])
         if i < n_layers:
             affine = H
-            if f"bn{i}_gamma" in params:
-                H = _bn(params, state, f"bn{i}", H, is_training, bn_impl, bn_momentum)
+            kind = norm_of(params, i)
+            if kind is not None:
+                H = _normalize(params, state, kind, i, H, is_training, options, spatial=False)
             taps.append((f"hidden{i}", affine, H))
             H = act(H)
     return H, taps
 
 
-def mlp(params, state, X, is_training, activation="relu", bn_impl="fused", bn_momentum=0.9):
-    """Output of the MLP for X (N, ...) (flattened): affine -> [BN] -> activation per hidden layer."""
-    return mlp_layers(params, state, X, is_training, activation, bn_impl, bn_momentum)[0]
+def mlp(params, state, X, is_training, activation="relu", bn_impl="fused", bn_momentum=0.9,
+        gn_groups=DEFAULT_GN_GROUPS):
+    """Output of the MLP for X (N, ...) (flattened): affine -> [norm] -> activation per hidden layer."""
+    return mlp_layers(params, state, X, is_training, activation, bn_impl, bn_momentum, gn_groups)[0]
 
 
 def uses_batch_norm(params):
-    return any(k.endswith("_gamma") for k in params)
+    """Whether the net has a norm layer with batch statistics (batch norm or batch renorm)."""
+    return any(k.endswith("_gamma") and k.startswith(BATCH_NORMS) for k in params)
 
 
 def min_train_batch_size(params, dense_bn):

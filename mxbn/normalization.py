@@ -49,7 +49,8 @@ def _normalize(X, axes, eps):
     mean = ops.mean(X, axis=axes, keepdims=True)
     centered = ops.broadcast_sub(X, mean)
     vari = ops.mean(ops.square(centered), axis=axes, keepdims=True)
-    return ops.broadcast_mul(centered, ops.rsqrt(vari + eps))
+    # 1/sqrt rather than rsqrt: MXNet's ONNX exporter has no rsqrt, so an exported net could not hold it
+    return ops.broadcast_div(centered, ops.sqrt(vari + eps))
 
 
 def _in_stat_dtype(X, x_dtype, fn):
@@ -97,8 +98,10 @@ def group_norm(X, gamma, beta, num_groups, eps=1e-5):
 
     def compute(X):
         ops = ops_for(X)
-        grouped = X.reshape((shape[0], int(num_groups), -1))        # each group's channels and positions
-        normalized = _normalize(grouped, (2,), eps).reshape(shape)
+        # each group's channels and positions; 0 keeps the batch size out of the graph, so that an exported
+        # inference graph (traced at one image) takes any batch
+        grouped = X.reshape((0, int(num_groups), -1))
+        normalized = _normalize(grouped, (2,), eps).reshape((0,) + tuple(shape[1:]))
         return ops.broadcast_add(ops.broadcast_mul(normalized, gamma.reshape(view)), beta.reshape(view))
     return _in_stat_dtype(X, x_dtype, compute)
 

@@ -32,10 +32,17 @@ def lenet_frozen_bn(params, state, X, is_training, **options):
     return lenet(params, state, X, False, **options)
 
 
+def net_title(config, dataset_name):
+    """"LeNet-BN on Fashion-MNIST": the net's name with its normalization, for titles."""
+    suffix = {"none": "", "bn": "-BN", "renorm": "-BRN", "gn": "-GN", "ln": "-LN", "in": "-IN"}
+    return f"LeNet{suffix[config.normalization]} on {dataset_name}"
+
+
 def make_net(config):
     """The LeNet forward function for ``config``: one static graph (mxbn.jit) or the functional ops one by one."""
     forward = lenet_frozen_bn if config.bn_mode == "frozen" else lenet
-    net = functools.partial(forward, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum)
+    net = functools.partial(forward, bn_impl=config.bn_impl, bn_momentum=config.bn_momentum,
+                            gn_groups=config.gn_groups)
     return jit(net, layout_pass=config.layout_pass) if config.graph == "static" else net
 
 
@@ -45,7 +52,7 @@ def load_lenet_checkpoint(path, ctx):
     config = TrainConfig.from_dict(ckpt["meta"]["config"])
     if ckpt["meta"].get("model") != "lenet":
         raise CheckpointError(f"{path}: holds a {ckpt['meta'].get('model')!r} model, expected 'lenet'")
-    expected_params, expected_state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=0)
+    expected_params, expected_state = lenet_params(ctx, init=config.init, seed=0, norm=config.normalization)
     check_compatible(path, expected_params, ckpt["params"], "parameters")
     check_compatible(path, expected_state, ckpt["state"], "batch-norm statistics")
     return ckpt, config

@@ -24,15 +24,18 @@ from .augment import random_flip_shift
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .context import resolve_context, resolve_contexts
-from .data import DATASETS, DataError, default_validation_size, load_dataset, to_device, validation_split
+from .data import (DATASETS, DataError, default_validation_size, epoch_batches, load_dataset, to_device,
+                   validation_split)
 from .jit import jit
-from .models import LENET_BLOCKS, LENET_STAGE_NORMS, LENET_STAGES, lenet_layers, lenet_params, min_train_batch_size
+from .models import (LENET_BLOCKS, LENET_STAGE_NORMS, LENET_STAGES, lenet_layers, lenet_params, min_train_batch_size,
+                     renorm_schedule)
 from .optim import NO_DECAY_SUFFIXES, make_optimizer
 from .parallel import (DataParallelStep, across_devices, create_kvstore, fingerprint, is_distributed,
                        jitted_stages, per_device, shard)
-from .predict import load_lenet_checkpoint, make_net
+from .precise_bn import precise_bn
+from .predict import load_lenet_checkpoint, make_net, net_title
 from .plot import plot_bn_trace, plot_confusion, plot_history, plot_predictions
-from .seeding import seed_everything
+from .seeding import precise_bn_rng, seed_everything
 from .train import (HISTORY_COLUMNS, SingleDeviceStep, best_epoch, confusion_matrix, evaluate, fit,
                     patience_exhausted, predict, trainable_subset)
 
@@ -165,8 +168,7 @@ def _write_results(out_dir, config, dataset, ctx, history, workers=1, threads_pe
         best=_best_record(history), early_stopped=early_stopped)
     atomic_write_json(os.path.join(out_dir, METRICS), metrics)
     atomic_write_text(os.path.join(out_dir, "metrics.csv"), _history_csv(history))
-    title = f"LeNet{'-BN' if config.use_bn else ''} on {dataset.name}"
-    plot_history(history, os.path.join(out_dir, "curves.png"), title=title)
+    plot_history(history, os.path.join(out_dir, "curves.png"), title=net_title(config, dataset.name))
     return metrics
 
 
@@ -229,11 +231,11 @@ def _build(config, ctx, log, rank=0, workers=1):
     train = to_device(images, labels, ctx)
     val = to_device(*val, ctx) if val is not None else None
     test = to_device(dataset.test_images, dataset.test_labels, ctx, config.limit_test)
-    params, state = lenet_params(ctx, use_bn=config.use_bn, init=config.init, seed=config.seed,
-                                 init_scale=config.init_scale)
+    params, state = lenet_params(ctx, init=config.init, seed=config.seed, init_scale=config.init_scale,
+                                 norm=config.normalization)
     name, lr, weight_decay, hyper = config.optimizer_options()
     optimizer = make_optimizer(name, lr, weight_decay, wd_exclude=() if config.wd_all else NO_DECAY_SUFFIXES, **hyper)
-    iters_per_epoch = -(-train[0].shape[0] // config.batch_size)
+    iters_per_epoch = steps_per_epoch(train, config)
     schedule = make_lr_schedule(config, iters_per_epoch)
     log(f"data: {dataset.name} from {dataset.source}: {train[0].shape[0]} train / "
         + (f"{val[0].shape[0]} validation / " if val is not None else "")
@@ -388,7 +390,7 @@ def _read_initial_values(config):
     """--init-from's checkpoint, read once on the CPU and checked against this run's architecture (the
     mismatch named) before anything is written."""
     ckpt, _ = load_lenet_checkpoint(config.init_from, mx.cpu())
-    params, state = lenet_params(mx.cpu(), use_bn=config.use_bn, seed=0)
+    params, state = lenet_params(mx.cpu(), seed=0, norm=config.normalization)
     check_compatible(config.init_from, params, ckpt["params"], "parameters")
     check_compatible(config.init_from, state, ckpt["state"], "batch-norm statistics")
     return ckpt
@@ -406,7 +408,7 @@ def _bn_trace(config, train, test, params, state, resumed):
     """--trace-bn's recorder (None without it), with the distribution before any training on a fresh run."""
     if not config.trace_bn:
         return None
-    iters_per_epoch = -(-train[0].shape[0] // config.batch_size)
+    iters_per_epoch = steps_per_epoch(train, config)
     trace = BNTrace(test[0][:TRACE_PROBE_IMAGES], max(1, iters_per_epoch // TRACE_POINTS_PER_EPOCH),
                     config.graph, config.bn_impl, config.bn_momentum)
     if not resumed:
@@ -425,7 +427,56 @@ def _tensorboard_log(config, test):
         return {name: before for name, before, _ in lenet_layers(params, state, X, False, config.bn_impl)[1]}
     read = jit(bn_inputs, layout_pass=config.layout_pass) if config.graph == "static" else bn_inputs
     return TensorBoardLog(config.tensorboard, config,
-                          (lambda params, state: read(params, state, probe)) if config.use_bn else None)
+                          (lambda params, state: read(params, state, probe)) if config.normalization == "bn"
+                          else None)
+
+
+def steps_per_epoch(train, config):
+    """Batches in an epoch of ``train`` (the last one may be partial)."""
+    return -(-train[0].shape[0] // config.batch_size)
+
+
+def _renorm_schedule(config, steps_per_epoch, state, fresh):
+    """--norm renorm: models.renorm_schedule over the run (started at plain batch norm on a fresh run; a
+    resumed one continues from the checkpoint's limits); None for the other norms."""
+    if config.normalization != "renorm":
+        return None
+    relax = renorm_schedule(config.epochs * steps_per_epoch)
+    if fresh:
+        relax(0, None, state)
+    return relax
+
+
+def _chained(*callbacks):
+    """One after_step calling each of ``callbacks`` that is not None, in order (None when none is)."""
+    present = [c for c in callbacks if c is not None]
+    if not present:
+        return None
+
+    def call(*args):
+        for callback in present:
+            callback(*args)
+    return call
+
+
+def _precise_bn_hook(config, net, train, log):
+    """--precise-bn N: after each epoch's training, the BN statistics recomputed over N batches of training
+    images (drawn by precise_bn_rng) with the weights fixed, written into the state that evaluation reads and
+    the checkpoint saves.  None without the option."""
+    if config.precise_bn is None:
+        return None
+
+    logged = []
+
+    def recompute(epoch, params, state):
+        batches, _ = epoch_batches(*train, config.batch_size, precise_bn_rng(config.seed, epoch))
+        new_state, read = precise_bn(net, params, state, batches, config.precise_bn)
+        for name, value in new_state.items():
+            value.copyto(state[name])
+        if not logged:   # once per run, resumed ones too
+            logged.append(read)
+            log(f"precise BN: statistics recomputed over {read} training batches before every evaluation")
+    return recompute
 
 
 def _log_fingerprint(step, params, contexts, log):
@@ -442,8 +493,7 @@ def _finish(files, history, net, test, trace):
     metrics = files.write_results(history)
     evaluation = evaluate_predictions(net, files.params, files.state, test, dataset.name, config.batch_size)
     atomic_write_json(os.path.join(out_dir, EVALUATION), evaluation)
-    draw_pictures(out_dir, evaluation, dataset.test_images[:config.limit_test],
-                  f"LeNet{'-BN' if config.use_bn else ''} on {dataset.name}")
+    draw_pictures(out_dir, evaluation, dataset.test_images[:config.limit_test], net_title(config, dataset.name))
     data = _write_bn_trace(out_dir, trace, [f"bn{i}" for i in LENET_BLOCKS], dataset.name) if trace else None
     if files.tensorboard is not None:
         if data is not None:
@@ -529,13 +579,14 @@ def _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, ran
     # each device's slice needs the batch statistics' minimum
     min_batch = len(contexts) * min_train_batch_size(params, dense_bn=False)
     trace = _bn_trace(config, train, test, params, state, resumed=start is not None)
+    after_step = _chained(trace, _renorm_schedule(config, steps_per_epoch(train, config), state, start is None))
     with _StopFlag() as stop:
         history = fit(net, params, state, optimizer, opt_state, train, test, config.epochs, config.batch_size,
                       seed=config.seed, lr_schedule=schedule, augment=augment, min_batch_size=min_batch,
                       start=start, history=history, on_epoch_end=files.on_epoch_end,
                       on_interrupt=files.on_interrupt, stop_requested=stop, on_nan=on_nan,
-                      progress=progress and primary, log=log, step=step, after_step=trace, val_data=val,
-                      patience=config.patience)
+                      progress=progress and primary, log=log, step=step, after_step=after_step, val_data=val,
+                      patience=config.patience, before_evaluation=_precise_bn_hook(config, net, train, log))
     if kv is not None:
         _log_fingerprint(step, params, contexts, log)
     if not primary:

@@ -35,3 +35,8 @@ def shuffle_rng(seed, epoch):
 def augment_rng(seed, epoch, batch):
     """The generator for the augmentation of one batch, derived from (seed, epoch, batch)."""
     return np.random.default_rng([seed, epoch, batch, 1])
+
+
+def precise_bn_rng(seed, epoch):
+    """The generator that picks --precise-bn's training batches after ``epoch``, derived from (seed, epoch)."""
+    return np.random.default_rng([seed, epoch, 2])

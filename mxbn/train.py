@@ -216,7 +216,7 @@ class GradientClipper:
 def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epochs, batch_size, seed=0,
         lr_schedule=None, augment=None, min_batch_size=1, start=None, history=None, on_epoch_end=None,
         on_interrupt=None, stop_requested=None, on_nan="stop", max_skipped=10, progress=False, log=print,
-        step=None, after_step=None, val_data=None, patience=None):
+        step=None, after_step=None, val_data=None, patience=None, before_evaluation=None):
     """Train ``net`` in place and return the history (a list of per-epoch dicts).
 
     Parameters
@@ -254,6 +254,8 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
     log : callable(str) -- where the per-epoch line goes
     after_step : callable(global step, params, state) or None -- called after every applied update
         (e.g. ``mxbn.bn_trace.BNTrace``); must not read values back to the host
+    before_evaluation : callable(epoch, params, state) or None -- called after each epoch's training, before
+        its evaluation (e.g. recompute the BN statistics: ``mxbn.precise_bn``, into ``state`` in place)
     step : the training step, or None for ``SingleDeviceStep(net, params, state, optimizer, opt_state)``;
         ``mxbn.parallel.DataParallelStep`` trains on several devices (``params``/``state`` are then
         its first replica, which evaluation reads)
@@ -283,6 +285,8 @@ def fit(net, params, state, optimizer, opt_state, train_data, test_data, num_epo
                 f"for batch statistics (needs >= {min_batch_size})")
         sums, lr = loop.train_epoch(epoch, batches, train_data[0].context, resumed, on_interrupt, history)
         train_seconds = time.perf_counter() - t0
+        if before_evaluation is not None:
+            before_evaluation(epoch, params, state)
         evaluations = {"val": evaluate(net, params, state, *val_data, batch_size)} if val_data is not None else {}
         evaluations["test"] = evaluate(net, params, state, *test_data, batch_size)
         record = _epoch_record(epoch, lr if lr is not None else optimizer.lr, sums, evaluations,

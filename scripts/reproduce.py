@@ -3,7 +3,7 @@
 
     python scripts/reproduce.py optimizers [--quick] [--ctx cpu] [--out runs/optimizers]
     python scripts/reproduce.py all [--quick] [--seeds N]
-    python scripts/reproduce.py report [--runs runs]   # docs/results.md from the saved metrics
+    python scripts/reproduce.py report [--runs runs] [--keep]   # docs/results.md from the saved metrics
 
 Every setting runs once per seed (0..N-1; 3 by default, 1 with --quick) and the
 verdicts account for the spread between seeds (mxbn/experiments/spread.py).
@@ -46,11 +46,14 @@ def parse_args(argv=None):
                                                                        "(default: the repository's docs/)")
     p.add_argument("--force", action="store_true",
                    help="report: replace a report made from more seeds or full runs with this one")
+    p.add_argument("--keep", action="store_true",
+                   help="report: keep the current report's section of every study --runs does not hold, word "
+                        "for word (report one re-run study without re-running the others)")
     a = p.parse_args(argv)
     if a.name == "report" and a.out is not None:
         p.error("report reads the runs from --runs DIR (--out is where an experiment writes)")
-    if a.name != "report" and (a.runs is not None or a.force):
-        p.error("--runs and --force belong to report")
+    if a.name != "report" and (a.runs is not None or a.force or a.keep):
+        p.error("--runs, --force and --keep belong to report")
     a.seeds = a.seeds if a.seeds is not None else (1 if a.quick else 3)
     if a.seeds < 1:
         p.error(f"--seeds must be at least 1, got {a.seeds}")
@@ -71,7 +74,7 @@ def main(argv=None):
     p, a = parse_args(argv)
     if a.name == "report":
         try:
-            print(write_report(a.runs or "runs", a.docs, list(EXPERIMENTS), PLANNED, force=a.force))
+            print(write_report(a.runs or "runs", a.docs, list(EXPERIMENTS), PLANNED, force=a.force, keep=a.keep))
         except ReportError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

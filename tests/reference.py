@@ -126,3 +126,39 @@ def optimizer_trajectory(name, lr, steps, start=(-7.0, 2.0), grad=None, **hyper)
             raise ValueError(name)
         path.append(p.copy())
     return np.array(path)
+
+
+def batch_renorm_forward(x, gamma, beta, moving_mean, moving_vari, r_max, d_max, momentum=0.9, eps=1e-5,
+                         axis=1, r_d=None):
+    """Ioffe (2017), training mode: returns (y, new_moving_mean, new_moving_vari, (r, d)), float64.
+
+    ``r_d`` given: use those r and d instead of computing them (they are constants of the backward pass,
+    so a finite difference of this function with r_d fixed is the gradient batch renorm defines)."""
+    x = np.asarray(x, np.float64)
+    axes, axis = _reduce_axes(x.ndim, axis)
+    cs = _channel_shape(x.ndim, axis)
+    mean = x.mean(axis=axes)
+    vari = ((x - mean.reshape(cs)) ** 2).mean(axis=axes)
+    sigma_b = np.sqrt(vari + eps)
+    sigma = np.sqrt(np.asarray(moving_vari, np.float64) + eps)
+    if r_d is None:
+        r = np.clip(sigma_b / sigma, 1 / r_max, r_max)
+        d = np.clip((mean - moving_mean) / sigma, -d_max, d_max)
+    else:
+        r, d = r_d
+    x_hat = (x - mean.reshape(cs)) / sigma_b.reshape(cs) * r.reshape(cs) + d.reshape(cs)
+    y = np.asarray(gamma, np.float64).reshape(cs) * x_hat + np.asarray(beta, np.float64).reshape(cs)
+    return (y, momentum * moving_mean + (1 - momentum) * mean, momentum * moving_vari + (1 - momentum) * vari,
+            (r, d))
+
+
+def ghost_batch_norm_forward(x, gamma, beta, moving_mean, moving_vari, virtual_batch_size, momentum=0.9,
+                             eps=1e-5, axis=1):
+    """Ghost BN, training mode: each chunk of ``virtual_batch_size`` samples normalized alone; the moving
+    statistics updated with the chunks' mean mean and mean (biased) variance.  (y, new mean, new vari)."""
+    chunks = [x[i:i + virtual_batch_size] for i in range(0, len(x), virtual_batch_size)]
+    outs = [batch_norm_forward(c, gamma, beta, moving_mean, moving_vari, True, 0.0, eps, axis) for c in chunks]
+    mean = np.mean([o[1] for o in outs], axis=0)
+    vari = np.mean([o[2] for o in outs], axis=0)
+    return (np.concatenate([o[0] for o in outs]), momentum * moving_mean + (1 - momentum) * mean,
+            momentum * moving_vari + (1 - momentum) * vari)

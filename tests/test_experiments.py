@@ -29,7 +29,8 @@ def test_smooth_is_a_trailing_mean():
     np.testing.assert_allclose(smooth([1, 2, 3, 4], window=2), [1, 1.5, 2.5, 3.5])
 
 
-ALL = ("bn-paper", "lenet-bn", "mlp-grid", "mlp-sigmoid", "optimizers", "init", "batch-size", "lr-sensitivity")
+ALL = ("bn-paper", "lenet-bn", "mlp-grid", "mlp-sigmoid", "optimizers", "init", "batch-size", "lr-sensitivity",
+       "small-batch")
 VERDICTS = ("reproduced", "partly", "not reproduced")
 
 
@@ -52,6 +53,8 @@ def test_quick_experiments_and_report(tmp_path):
     progress = [line for line in out.stdout.splitlines() if line.startswith("[")]
     assert any("bn-paper mnist-5k seed 0: BN" in line for line in progress)
     assert any("lenet-bn seed 0: BN lr 0.2" in line for line in progress)
+    assert any("small-batch seed 0: bn batch 4: test accuracy" in line and "with precise statistics" in line
+               for line in progress)
     for name in ALL:
         m = json.loads((runs / name / "metrics.json").read_text())
         assert m["quick"] is True and m["seeds"] == [0]

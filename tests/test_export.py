@@ -285,3 +285,28 @@ def test_onnx_missing_or_too_new_is_one_clear_error(monkeypatch, trained, tmp_pa
     with pytest.raises(ExportError, match="needs onnx < 1.19 .*onnx 1.19.0 no longer has"):
         export_checkpoint(os.path.join(run, "best.params"), str(tmp_path / "b"), fmt="onnx", log=lambda *_: None)
     assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+@pytest.fixture(scope="module")
+def norm_runs(tmp_path_factory, tiny_data):
+    """One short run per norm, trained when a test first asks for it and shared by both formats."""
+    runs = {}
+
+    def run_of(norm):
+        if norm not in runs:
+            runs[norm] = str(tmp_path_factory.mktemp(norm) / "run")
+            train_cnn(TrainConfig(ctx="cpu", data_dir=tiny_data, epochs=1, batch_size=64, seed=0, norm=norm,
+                                  init="he", limit_train=320), runs[norm], log=lambda *_: None, progress=False)
+        return runs[norm]
+    return run_of
+
+
+@pytest.mark.parametrize("norm", ["renorm", "gn", "ln", "in", "none"])
+@pytest.mark.parametrize("fmt", ["mxnet", pytest.param("onnx", marks=needs_onnx)])
+def test_every_norm_exports_and_takes_any_batch_size(norm_runs, tmp_path, norm, fmt):
+    """Traced at one image, the graph must not hold the batch size (group norm reshapes by it) and must
+    hold only ops the ONNX exporter translates at opset 13 (group norm's mean and 1/sqrt)."""
+    run = norm_runs(norm)
+    paths, parity = export_checkpoint(os.path.join(run, "checkpoint.params"), str(tmp_path / "out"), fmt=fmt,
+                                      log=lambda *_: None)
+    assert parity.ok and parity.images == 200 and parity.max_probability_difference < 1e-5

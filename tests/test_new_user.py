@@ -158,6 +158,21 @@ def test_report_that_drops_a_study_needs_force_and_says_what_it_read(tmp_path):
     assert "optimizers: 3 seed(s)" in ok.stdout and "init: 5 seed(s)" in ok.stdout
 
 
+def test_report_keep_reports_one_study_and_keeps_the_others_word_for_word(tmp_path):
+    docs, before, figures = _committed_report(tmp_path)
+    init_section = before[before.index('<a id="init"></a>'):before.index("_Generated")].rstrip("\n")
+    init_row = next(line for line in before.splitlines() if line.startswith("| [`init`]"))
+    one = tmp_path / "one"
+    _fake_run(one, "optimizers", 3, False)
+    out = _reproduce("report", "--runs", str(one), "--docs", str(docs), "--keep")
+    assert out.returncode == 0, out.stderr
+    assert "kept init: its section of" in out.stdout
+    text = (docs / "results.md").read_text()
+    assert init_section in text and init_row in text and "## Not yet run" not in text.split("init")[0]
+    assert text.index("[`optimizers`]") < text.index("[`init`]")     # the registry's order, kept or not
+    assert sorted(os.listdir(docs / "figures")) == figures
+
+
 def test_report_names_its_input_folder_runs_not_out(tmp_path):
     _fake_run(tmp_path / "runs", "optimizers", 1, True)
     out = _reproduce("report", "--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"))

@@ -10,7 +10,7 @@ same library functions as the trainer (models, optim, functional); the
 experiments add only their settings and their measurements.
 """
 from .result import StudyResult
-from . import bn_paper, lenet_bn, mlp_grid, mlp_sigmoid, optimizers, regression, weight_init
+from . import bn_paper, lenet_bn, mlp_grid, mlp_sigmoid, optimizers, regression, small_batch, weight_init
 
 # in the order `all` runs them and the report shows them: the paper, then the tutorials
 EXPERIMENTS = {
@@ -22,6 +22,7 @@ EXPERIMENTS = {
     "lr-sensitivity": regression.run_lr_sensitivity,
     "optimizers": optimizers.run,
     "init": weight_init.run,
+    "small-batch": small_batch.run,
 }
 
 # Studies of the results report not implemented yet (the report lists them).

@@ -111,12 +111,31 @@ def _read_results(runs_dir, names, log):
     return found, missing
 
 
-def write_report(runs_dir, docs_dir, names, planned=(), force=False, log=print):
+def reported_sections(results_md):
+    """{experiment: (its summary-table row, its section)} of the report at ``results_md``, as written ({} if
+    none): what ``write_report(..., keep=True)`` carries over for the studies it has no runs of."""
+    if not os.path.exists(results_md):
+        return {}
+    with open(results_md, encoding="utf-8") as f:
+        text = f.read()
+    rows = {name: row for row, name in re.findall(r"^(\| \[`([^`]+)`\]\(#[^)]*\) \|.*)$", text, re.M)}
+    sections = {}
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r'^<a id="([^"]+)"></a>$', text, re.M)]
+    ends = [m.start() for m in re.finditer(r"^(<a id=|## Not yet |_Generated )", text, re.M)]
+    for start, name in starts:
+        end = min((e for e in ends if e > start), default=len(text))
+        if name in rows:
+            sections[name] = (rows[name], text[start:end].rstrip("\n") + "\n")
+    return sections
+
+
+def write_report(runs_dir, docs_dir, names, planned=(), force=False, log=print, keep=False):
     """Write docs_dir/results.md (+ figures in docs_dir/figures) for experiments found in runs_dir.
 
     Refuses (ReportError, nothing written) when runs_dir holds no result, and, unless ``force``, when
     the report would replace one that shows a study from more seeds or a full run with fewer seeds, a
-    quick run, or not at all.
+    quick run, or not at all.  With ``keep`` a study that runs_dir does not hold keeps its section (and its
+    figures) from the current report, word for word, so that one study can be re-run and reported alone.
     """
     found, missing = _read_results(runs_dir, names, log)
     if not found:
@@ -124,14 +143,28 @@ def write_report(runs_dir, docs_dir, names, planned=(), force=False, log=print):
         raise ReportError(f"nothing to report: {runs_dir} {where} (looked for NAME/{METRICS_FILE} for NAME in "
                           f"{', '.join(names)}); run an experiment first; nothing was written")
     out = os.path.join(docs_dir, "results.md")
-    reasons = [] if force else _weaker_than_reported(found, reported_runs(out))
+    kept = {n: v for n, v in reported_sections(out).items() if n in missing} if keep else {}
+    for name in kept:
+        log(f"kept {name}: its section of {out}, as it was")
+    missing = [n for n in missing if n not in kept]
+    reported = {n: v for n, v in reported_runs(out).items() if n not in kept}
+    reasons = [] if force else _weaker_than_reported(found, reported)
     if reasons:
         raise ReportError(f"{out} was made from more seeds or full runs than {runs_dir} holds: "
                           + "; ".join(reasons) + ". Pass --force to replace it anyway; nothing was written")
     fig_dir = os.path.join(docs_dir, "figures")
     os.makedirs(fig_dir, exist_ok=True)
-    parts, written = [INTRO, "## Summary\n\n" + _summary_table(found) + "\n"], set()
-    for name, r in found:
+    order = {n: i for i, n in enumerate(names)}
+    shown = sorted([(n, r) for n, r in found] + [(n, None) for n in kept], key=lambda item: order[item[0]])
+    summary = _summary_table(found).split("\n")
+    rows = {n: row for (n, _), row in zip(found, summary[2:])}
+    rows.update({n: row for n, (row, _) in kept.items()})
+    parts = [INTRO, "## Summary\n\n" + "\n".join(summary[:2] + [rows[n] for n, _ in shown]) + "\n"]
+    written = set()
+    for name, r in shown:
+        if r is None:
+            parts.append(kept[name][1])
+            continue
         parts.append(f'<a id="{name}"></a>\n\n## `{name}`: {r.title}\n')
         if r.description:
             parts.append(r.description + "\n")

@@ -109,6 +109,9 @@ def _global_moments(local, counts, home):
 
 def _check_across(Xs, gammas, betas, moving_means, moving_varis, is_training, momentum, eps, axis):
     lists = dict(gammas=gammas, betas=betas, moving_means=moving_means, moving_varis=moving_varis)
+    if momentum is None:
+        raise ValueError("sync_batch_norm: momentum must be a number in [0, 1]; the cumulative average "
+                         "(momentum=None) is batch_norm's alone")
     if not isinstance(Xs, (list, tuple)) or not Xs:
         raise TypeError(f"sync_batch_norm: Xs must be a non-empty list of NDArrays (one per device), "
                         f"got {type(Xs).__name__}")
