@@ -540,16 +540,34 @@ def _batch_norm_train_scratch_traced(trace, X, gamma, beta, eps, ax, stat_dtype)
     scratch inputs of the graph), two passes, biased variance.  MXNet differentiates the graph, so the
     backward is autograd's of these ops, equal to the analytic one to float32 rounding."""
     shape = shape_of(X, "batch_norm")
-    pre, C, post = three_d_shape(shape, ax)
-    m = pre * post
-    ones = _ones_vectors(trace, pre, post, stat_dtype)
-    X3 = X.reshape((pre, C, post))
-    mean = _per_channel_sum(X3, *ones, sym, (pre, C, post)) / m   # (1, C)
-    xc = X3 - _spread(mean, *ones, (pre, C, post))
-    vari = _per_channel_sum(sym.square(xc), *ones, sym, (pre, C, post)) / m
+    C = shape[ax]
+    xc, mean, vari = centered_moments(X, ax, trace)
     scale = gamma.reshape((1, C)) * sym.rsqrt(vari + eps)
     Y3 = normalize_per_channel(xc, scale, beta)
     return Y3.reshape(shape), mean.reshape((C,)), vari.reshape((C,))
+
+
+def centered_moments(X, ax, trace=None):
+    """``(xc, mean, vari)`` of X over every axis but ``ax``, as differentiable ops: xc the (pre, C, post) view
+    minus the mean, mean and the biased variance (1, C), both two-pass GEMV reductions with ones vectors.
+
+    NDArrays (autograd records them), or Symbols of ``trace`` (the ones vectors are then its scratch inputs
+    and the mean is spread by products with them, so that its gradient is a GEMV too)."""
+    ops = ops_for(X)
+    shape3 = three_d_shape(shape_of(X, "batch_norm"), ax)
+    pre, C, post = shape3
+    dtype = dtype_of(X, "batch_norm")
+    if trace is not None:
+        ones = _ones_vectors(trace, pre, post, dtype)
+    else:
+        ones = (nd.ones((1, pre), ctx=X.context, dtype=dtype),
+                nd.ones((post, 1), ctx=X.context, dtype=dtype) if post > 1 else None)
+    X3 = X.reshape(shape3)
+    mean = _per_channel_sum(X3, *ones, ops, shape3) / (pre * post)
+    spread = (_spread(mean, *ones, shape3) if trace is not None
+              else ops.broadcast_like(mean.reshape((1, C, 1)), X3))
+    xc = X3 - spread
+    return xc, mean, _per_channel_sum(ops.square(xc), *ones, ops, shape3) / (pre * post)
 
 
 def _ones_vectors(trace, pre, post, dtype):

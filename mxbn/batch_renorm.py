@@ -18,9 +18,8 @@ from mxnet import nd, sym
 from . import tracing
 from ._arrays import accepts_every_array_kind, constant, dtype_of, ops_for, shape_of
 from ._checks import is_real
-from .batch_norm import (STAT_DTYPE, _ones_vectors, batch_norm, _per_channel_sum, _spread,
-                         check_batch_norm_args, check_distinct_state, normalize_per_channel, record_batch_stats,
-                         set_traced_stats, three_d_shape, update_moving_stats)
+from .batch_norm import (STAT_DTYPE, batch_norm, centered_moments, check_batch_norm_args, check_distinct_state,
+                         normalize_per_channel, record_batch_stats, set_traced_stats, update_moving_stats)
 
 __all__ = ["batch_renorm"]
 
@@ -84,26 +83,14 @@ def _check_limit(op, name, value, least, meaning, X):
 def _renormalized(X, gamma, beta, moving_mean, moving_vari, r_max, d_max, eps, ax, trace):
     """(Y, batch mean (C,), biased batch variance (C,)) of the training forward, on NDArrays or Symbols.
 
-    The statistics are the scratch batch norm's two-pass GEMV reductions; autograd differentiates through
-    them (and not through r and d).  The per-channel arithmetic is normalize_per_channel's, with
-    scale = gamma * r / sigma_B and shift = beta + gamma * d.
+    The statistics are the scratch batch norm's two-pass GEMV reductions (centered_moments); autograd
+    differentiates through them (and not through r and d).  The per-channel arithmetic is
+    normalize_per_channel's, with scale = gamma * r / sigma_B and shift = beta + gamma * d.
     """
     ops = ops_for(X)
     shape = shape_of(X, "batch_renorm")
-    pre, C, post = three_d_shape(shape, ax)
-    m = pre * post
-    dtype = dtype_of(X, "batch_renorm")
-    if trace is not None:
-        ones = _ones_vectors(trace, pre, post, dtype)
-    else:
-        ones = (nd.ones((1, pre), ctx=X.context, dtype=dtype),
-                nd.ones((post, 1), ctx=X.context, dtype=dtype) if post > 1 else None)
-    X3 = X.reshape((pre, C, post))
-    mean = _per_channel_sum(X3, *ones, ops, (pre, C, post)) / m                       # (1, C)
-    spread_mean = (_spread(mean, *ones, (pre, C, post)) if trace is not None
-                   else ops.broadcast_like(mean.reshape((1, C, 1)), X3))
-    xc = X3 - spread_mean
-    vari = _per_channel_sum(ops.square(xc), *ones, ops, (pre, C, post)) / m
+    C = shape[ax]
+    xc, mean, vari = centered_moments(X, ax, trace)
     sigma_batch = ops.sqrt(vari + eps)
     sigma_moving = ops.sqrt(moving_vari.reshape((1, C)) + eps)
     r = ops.BlockGrad(_clip(ops, sigma_batch / sigma_moving, 1.0 / r_max, r_max))
