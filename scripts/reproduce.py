@@ -7,6 +7,9 @@
 
 Every setting runs once per seed (0..N-1; 3 by default, 1 with --quick) and the
 verdicts account for the spread between seeds (mxbn/experiments/spread.py).
+Every training run is computed on one OpenMP thread, in worker processes, one
+per core (--jobs): the numbers are the same alone or in `all`, on any machine
+(mxbn/experiments/runner.py).
 
 Argument parsing only; the experiments live in mxbn.experiments.
 """
@@ -25,7 +28,8 @@ from mxbn.data import DataError  # noqa: E402
 from mxbn.experiments import EXPERIMENTS, PLANNED  # noqa: E402
 from mxbn.atomic import writable_dir  # noqa: E402
 from mxbn.experiments.report import ReportError, write_report  # noqa: E402
-from mxbn.seeding import seed_everything  # noqa: E402
+from mxbn.experiments.runner import run_studies  # noqa: E402
+from mxbn.experiments.workers import default_jobs  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -40,6 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None,
                    help="a folder searched first for the datasets (the idx files, mnist_5k.csv.gz); the same as "
                         "setting MXBN_DATA_DIR (default: MXBN_DATA_DIR, then the system's datasets)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes of one OpenMP thread each: the runs of bn-paper and small-batch, and "
+                        "with all the other studies side by side; the numbers do not depend on it (default: one "
+                        "per core)")
     p.add_argument("--out", default=None, help="output folder (default runs/NAME; with all: runs/)")
     p.add_argument("--runs", default=None, help="report: the folder holding NAME/metrics.json (default runs)")
     p.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="where report writes results.md "
@@ -57,6 +65,8 @@ def parse_args(argv=None):
     a.seeds = a.seeds if a.seeds is not None else (1 if a.quick else 3)
     if a.seeds < 1:
         p.error(f"--seeds must be at least 1, got {a.seeds}")
+    if a.jobs is not None and a.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {a.jobs}")
     if a.data_dir is not None:
         if not os.path.isdir(a.data_dir):
             p.error(f"--data-dir {a.data_dir}: not a directory")
@@ -92,24 +102,21 @@ def main(argv=None):
             p.error(str(e))
     start = time.perf_counter()
 
-    def progress(message):  # one line per training run, with the time since the start
-        print(f"[{time.perf_counter() - start:6.0f} s] {message}", flush=True)
-
-    for name in names:
-        seed_everything(0)
-        t0 = time.perf_counter()
-        try:
-            result = EXPERIMENTS[name](outs[name], ctx, quick=a.quick, log=progress, seeds=a.seeds)
-        except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+    def report(name, result, seconds):
         print(f"{name}: {len(result.claims)} claims on {result.dataset}, {a.seeds} seed(s), in "
-              f"{time.perf_counter() - t0:.0f} s -> {outs[name]}", flush=True)
+              f"{seconds:.0f} s -> {outs[name]}", flush=True)
         for c in result.claims:
             where = f" [{c['dataset']}]" if c.get("dataset") else ""
             print(f"  [{c['verdict']}]{where} {c['claim']}: {c['reason']}", flush=True)
+
+    try:
+        run_studies(names, outs, ctx, a.quick, a.seeds, a.jobs or default_jobs(), report)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if len(names) > 1:
-        print(f"all: {len(names)} experiments in {time.perf_counter() - start:.0f} s")
+        print(f"all: {len(names)} experiments in {time.perf_counter() - start:.0f} s (wall clock, "
+              f"{a.jobs or default_jobs()} worker(s))")
     return 0
 
 

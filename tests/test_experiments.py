@@ -51,7 +51,7 @@ def test_quick_experiments_and_report(tmp_path):
     out = _reproduce("all", "--quick", "--out", str(runs), env=env)
     assert out.returncode == 0, out.stderr
     progress = [line for line in out.stdout.splitlines() if line.startswith("[")]
-    assert any("bn-paper mnist-5k seed 0: BN" in line for line in progress)
+    assert any("bn-paper mnist-5k scale 0.1 lr 0.5 seed 0: BN" in line for line in progress)
     assert any("lenet-bn seed 0: BN lr 0.2" in line for line in progress)
     assert any("small-batch seed 0: bn batch 4: test accuracy" in line and "with precise statistics" in line
                for line in progress)
@@ -65,11 +65,14 @@ def test_quick_experiments_and_report(tmp_path):
             assert m["datasets"] == ["mnist-5k", "fashion-mnist"], name
             assert {"mnist-5k", "fashion-mnist"} <= {c["dataset"] for c in m["claims"]}, name
     paper = json.loads((runs / "bn-paper" / "metrics.json").read_text())
-    record = paper["records"]["mnist-5k"]["no BN"][0]
+    assert paper["settings"]["mnist-5k"] == [[0.1, 0.5], [0.1, 8.0]]   # --quick: one scale, two learning rates
+    record = paper["records"]["mnist-5k"]["scale 0.1 lr 0.5 no BN"][0]
     assert record["steps"][0] == 0 and record["steps"][-1] == paper["steps"]
     assert np.all(np.diff(np.array(record["percentiles_unit"]), axis=1) >= 0)   # 15th <= 50th <= 85th
     assert set(paper["drift"]["fashion-mnist"]["unit"]) == {"BN", "no BN"}
-    assert "over the second half of training (step 300 to 600): mnist-5k: with BN" in paper["description"]
+    assert "Setting by setting on mnist-5k (600 steps;" in paper["description"]
+    assert "| 0.1 | 8 |" in paper["description"]
+    assert {"best-mnist-5k.png", "accuracy-fashion-mnist.png"} <= set(paper["figures"])
     rep = _reproduce("report", "--runs", str(runs), "--docs", str(docs), timeout=300)
     assert rep.returncode == 0, rep.stderr
     text = (docs / "results.md").read_text()
@@ -146,6 +149,28 @@ def test_report_replaces_the_figures_of_the_experiments_it_shows(tmp_path):
     assert sorted(os.listdir(docs / "figures")) == ["init-new.png", "lenet-bn-kept.png", "notes.txt"]
     assert "| c | mnist-5k | t \\| x | 0.5 ± 0.1 (0.4–0.6) | **partly** |" in text
     assert "| [`init`](#init) | mnist-5k | 3 | 0 | 1 | 0 |" in text and "`lenet-bn`" in text.split("## Not yet run")[1]
+
+
+def test_a_report_stopped_while_copying_a_figure_leaves_the_old_one_whole(tmp_path, monkeypatch):
+    import shutil
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    (runs / "init").mkdir(parents=True)
+    (runs / "init" / "h.png").write_bytes(b"new figure")
+    (runs / "init" / "metrics.json").write_text(json.dumps(dict(
+        title="T", dataset="d", seeds=[0, 1, 2], quick=False, claims=[], figures=["h.png"])))
+    (docs / "figures").mkdir(parents=True)
+    (docs / "figures" / "init-h.png").write_bytes(b"old figure")
+
+    def copy_half_then_stop(src, dst):
+        with open(dst, "wb") as f:
+            f.write(b"new")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfile", copy_half_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(str(runs), str(docs), ["init"])
+    assert os.listdir(docs / "figures") == ["init-h.png"]
+    assert (docs / "figures" / "init-h.png").read_bytes() == b"old figure"
 
 
 def test_study_data_is_full_mnist_first_then_mnist_5k_then_fashion(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from ..jit import jit
 from ..plot import plot_band, save_figure, subplots
 from ..train import TrainStep, evaluate, loss_and_correct
 
-__all__ = ["StudyData", "study_datasets", "train_mlp_iterations", "AccuracyRecorder", "smooth",
+__all__ = ["StudyData", "study_datasets", "load_study_data", "train_mlp_iterations", "AccuracyRecorder", "smooth",
            "seed_list", "MLP_4X100", "mlp_loss_curves", "plot_loss_bands"]
 
 MLP_4X100 = (784, 100, 100, 100, 100, 10)   # the MLP of the optimizer and initialisation chapters
@@ -27,23 +27,22 @@ def study_datasets(ctx, limit_train=None, limit_test=None, log=print):
     """The image data a study of the MNIST tutorials runs on, as a list of StudyData:
     real digits first (full MNIST when its files are found, else mnist-5k; a note
     saying how to get them when neither is), then Fashion-MNIST."""
-    def device(ds):
-        return StudyData(ds.name, ds.source, to_device(ds.train_images, ds.train_labels, ctx, limit_train),
-                         to_device(ds.test_images, ds.test_labels, ctx, limit_test))
-
-    found = []
     try:
         has_mnist = find_data_dir("mnist") is not None
     except DataError:
         has_mnist = False
-    if has_mnist:
-        found.append(device(load_dataset("mnist", allow_download=False)))
-    elif mnist5k.find_mnist_5k() is not None:
-        found.append(device(mnist5k.load_mnist_5k()))
-    else:
+    names = ["mnist"] if has_mnist else [mnist5k.NAME] if mnist5k.find_mnist_5k() is not None else []
+    if not names:
         log(f"note: no MNIST digits found, running on Fashion-MNIST only; for {mnist5k.NAME}: {mnist5k.HOW_TO_GET}")
-    found.append(device(load_dataset("fashion-mnist", allow_download=False)))
-    return found
+    return [load_study_data(name, ctx, limit_train, limit_test) for name in names + ["fashion-mnist"]]
+
+
+def load_study_data(name, ctx, limit_train=None, limit_test=None):
+    """One dataset of :func:`study_datasets` by its name ("mnist", "mnist-5k" or "fashion-mnist"), on ``ctx``
+    (what a worker process loads for its runs)."""
+    ds = mnist5k.load_mnist_5k() if name == mnist5k.NAME else load_dataset(name, allow_download=False)
+    return StudyData(ds.name, ds.source, to_device(ds.train_images, ds.train_labels, ctx, limit_train),
+                     to_device(ds.test_images, ds.test_labels, ctx, limit_test))
 
 
 def seed_list(seeds):

@@ -4,7 +4,7 @@ import os
 import re
 import shutil
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_path, atomic_write_text
 from .result import METRICS_FILE, VERDICTS, StudyResult
 from .spread import DIVERGED_ACCURACY, SPREAD_FACTOR
 
@@ -173,7 +173,8 @@ def write_report(runs_dir, docs_dir, names, planned=(), force=False, log=print, 
         parts.append(_claims_table(r.claims) + "\n")
         for fig in r.figures:
             target = f"{name}-{fig}"
-            shutil.copyfile(os.path.join(runs_dir, name, fig), os.path.join(fig_dir, target))
+            with atomic_path(os.path.join(fig_dir, target)) as tmp:   # a stopped report leaves no half figure
+                shutil.copyfile(os.path.join(runs_dir, name, fig), tmp)
             written.add(target)
             parts.append(f"![{name}: {fig}](figures/{target})\n")
     # figures of a reported experiment that this report no longer shows (renamed or dropped)

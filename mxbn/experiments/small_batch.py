@@ -17,6 +17,7 @@ depth (LeNet has two normalization layers, ResNet-50 has 53), and the training l
 steps here).
 """
 import os
+from typing import NamedTuple
 
 from .. import models
 from ..data import epoch_batches, load_dataset, to_device
@@ -29,6 +30,7 @@ from ..train import TrainingDiverged, evaluate, fit
 from . import spread
 from .common import seed_list
 from .result import StudyResult, describe, verdict
+from .workers import default_jobs, map_runs, worker_cache
 
 TITLE = "Small batches: batch norm, group norm, layer norm, batch renorm, precise BN"
 BATCH_SIZES = (2, 4, 8, 16, 32, 128)
@@ -75,22 +77,56 @@ def _precise_accuracy(net, params, state, train, test, seed):
     return evaluate(net, params, new_state, *test, PRECISE_BATCH_SIZE)[1]
 
 
-def _train_all(train, test, epochs, batch_sizes, ctx, seeds, log):
+class RunTask(NamedTuple):
+    """One training run, as a worker process receives it."""
+    norm: str
+    batch_size: int
+    seed: int
+    epochs: int
+    limits: tuple       # (limit_train, limit_test) of Fashion-MNIST
+    device: tuple       # (device_type, device_id)
+
+
+def _data(limits, ctx):
+    ds = load_dataset("fashion-mnist", allow_download=False)
+    return (to_device(ds.train_images, ds.train_labels, ctx, limits[0]),
+            to_device(ds.test_images, ds.test_labels, ctx, limits[1]))
+
+
+def run_task(task):
+    """(final test accuracy or None if diverged, with precise statistics for BN or None) of one run, in a
+    worker process (the data loaded once per worker)."""
+    import mxnet as mx
+    ctx = mx.Context(*task.device)
+    train, test = worker_cache(("fashion-mnist", task.limits, task.device), lambda: _data(task.limits, ctx))
+    messages = []
+    history, params, state, net = train_one(task.norm, task.batch_size, train, test, task.epochs, ctx, task.seed,
+                                            log=messages.append)
+    if history is None:
+        return None, None, messages[0]
+    precise = _precise_accuracy(net, params, state, train, test, task.seed) if task.norm == "bn" else None
+    return history[-1]["test_acc"], precise, None
+
+
+def _train_all(limits, epochs, batch_sizes, ctx, seeds, jobs, log):
     """{key: final test accuracy per seed (None if diverged)}, with "bn-precise" keys for the BN nets."""
+    tasks = [RunTask(norm, b, seed, epochs, limits, (ctx.device_type, ctx.device_id))
+             for seed in seeds for norm in NORMS for b in batch_sizes]
+
+    def progress(task, result):
+        final, precise, diverged = result
+        if diverged is not None:
+            log(diverged)
+        line = f"small-batch seed {task.seed}: {task.norm} batch {task.batch_size}: test accuracy " + (
+            "diverged" if final is None else f"{final:.4f}")
+        log(line + ("" if precise is None else f", with precise statistics {precise:.4f}"))
+
     acc = {}
-    for seed in seeds:
-        for norm in NORMS:
-            for b in batch_sizes:
-                history, params, state, net = train_one(norm, b, train, test, epochs, ctx, seed, log)
-                final = history[-1]["test_acc"] if history else None
-                acc.setdefault(_key(norm, b), []).append(final)
-                line = f"small-batch seed {seed}: {norm} batch {b}: test accuracy " + (
-                    "diverged" if final is None else f"{final:.4f}")
-                if norm == "bn":
-                    precise = _precise_accuracy(net, params, state, train, test, seed) if history else None
-                    acc.setdefault(_key("bn-precise", b), []).append(precise)
-                    line += "" if precise is None else f", with precise statistics {precise:.4f}"
-                log(line)
+    for task, (final, precise, _) in zip(tasks, map_runs(run_task, tasks, jobs, progress,
+                                                          in_process=ctx.device_type != "cpu")):
+        acc.setdefault(_key(task.norm, task.batch_size), []).append(final)
+        if task.norm == "bn":
+            acc.setdefault(_key("bn-precise", task.batch_size), []).append(precise)
     return acc
 
 
@@ -151,21 +187,21 @@ def _claims(final, batch_sizes, dataset_name):
     ]
 
 
-def run(out_dir, ctx, quick=False, log=print, seeds=1):
+def run(out_dir, ctx, quick=False, log=print, seeds=1, jobs=None):
+    """The study; its runs go to ``jobs`` worker processes of one thread each (default: one per core)."""
     os.makedirs(out_dir, exist_ok=True)
     seeds = seed_list(seeds)
     ds = load_dataset("fashion-mnist", allow_download=False)
     limit_train, limit_test, epochs, batch_sizes = (512, 500, 1, (4, 32)) if quick else (4800, 5000, 2, BATCH_SIZES)
-    train = to_device(ds.train_images, ds.train_labels, ctx, limit_train)
-    test = to_device(ds.test_images, ds.test_labels, ctx, limit_test)
-    final = _train_all(train, test, epochs, batch_sizes, ctx, seeds, log)
+    final = _train_all((limit_train, limit_test), epochs, batch_sizes, ctx, seeds, jobs or default_jobs(), log)
     final = {k: [spread.accuracy_or_chance(v) for v in vs] for k, vs in final.items()}
     _figure(final, batch_sizes, epochs, len(seeds), ds.name, out_dir)
     result = StudyResult(
         experiment="small-batch", title=TITLE, description=describe(__doc__), datasets=[ds.name],
         data_source=ds.source, quick=quick, seeds=seeds, claims=_claims(final, batch_sizes, ds.name),
         figures=["accuracy_vs_batch.png"],
-        measurements=dict(epochs=epochs, batch_sizes=list(batch_sizes), train_images=int(train[0].shape[0]),
+        measurements=dict(epochs=epochs, batch_sizes=list(batch_sizes),
+                          train_images=min(limit_train, len(ds.train_labels)),
                           final_test_acc={k: spread.summary(v) for k, v in final.items()}))
     return result.save(out_dir)
 
