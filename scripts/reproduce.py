@@ -114,6 +114,10 @@ def main(argv=None):
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:   # the workers are stopped; a study that had finished keeps its metrics.json
+        print(f"interrupted after {time.perf_counter() - start:.0f} s; the studies reported above are saved",
+              file=sys.stderr)
+        return 130
     if len(names) > 1:
         print(f"all: {len(names)} experiments in {time.perf_counter() - start:.0f} s (wall clock, "
               f"{a.jobs or default_jobs()} worker(s))")

@@ -119,3 +119,38 @@ def test_a_setting_where_bn_is_behind_in_one_seed_is_not_reproduced():
     c = bn_paper.compare_setting(bn, no_bn, 1000)
     assert c["verdict"] == "not reproduced"
     assert c["no_bn_reached"] == [None] * 3   # BN's mean final 0.917 is never reached without BN
+
+
+CTRL_C_CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import mxbn
+from mxbn.experiments.workers import map_runs
+from test_bn_paper_sweep import _sleep
+try:
+    map_runs(_sleep, [30, 30], jobs=2)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+def _sleep(seconds):
+    import time
+    time.sleep(seconds)
+
+
+def test_ctrl_c_stops_the_workers_with_no_traceback_from_them():
+    """Ctrl-C reaches the whole process group: the workers leave it to this process, which stops them."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD.format(tests=os.path.dirname(__file__))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(8)                                  # the workers have started their tasks
+    os.killpg(child.pid, signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and out.strip() == "interrupted", (out, err)
+    assert "Traceback" not in err, err

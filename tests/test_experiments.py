@@ -194,3 +194,18 @@ def test_study_data_is_full_mnist_first_then_mnist_5k_then_fashion(tmp_path, mon
     shutil.rmtree(tmp_path / "mxnet-home" / "datasets" / "mnist")
     assert [d.name for d in study_datasets(mx.cpu(), log=notes.append)] == ["fashion-mnist"]
     assert notes and "no MNIST digits found" in notes[-1]
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not has_fashion_mnist(), reason=f"Fashion-MNIST not found in {FASHION_DIR}")
+def test_ctrl_c_during_a_study_is_one_line_and_stops_its_workers(tmp_path):
+    import signal
+    import time
+    child = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), "small-batch", "--out",
+                              str(tmp_path / "sb")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(15)                                 # data loaded, the workers training
+    os.killpg(child.pid, signal.SIGINT)            # Ctrl-C in a terminal: the whole process group
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130, (out, err)
+    assert "Traceback" not in err and err.strip().startswith("interrupted after"), err

@@ -15,6 +15,7 @@ the other in this process, which has the device.
 import contextlib
 import multiprocessing
 import os
+import signal
 
 from .._runtime import default_num_threads
 
@@ -51,6 +52,12 @@ def _environment(**values):
                 os.environ[name] = value
 
 
+def _leave_interrupts_to_the_parent():
+    """Pool initializer: Ctrl-C reaches the whole process group; the parent alone handles it and stops the
+    workers (each would otherwise print a traceback of its own)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def map_runs(fn, tasks, jobs, on_result=None, in_process=False):
     """``[fn(task) for task in tasks]``, each computed in one of ``jobs`` worker processes with one OpenMP
     thread (or here, one after the other, when ``in_process``: a GPU run).  ``fn`` must be a module-level
@@ -71,7 +78,7 @@ def map_runs(fn, tasks, jobs, on_result=None, in_process=False):
     spawn = multiprocessing.get_context("spawn")
     # the workers read OMP_NUM_THREADS when they load MXNet, so it is set only while they start
     with _environment(OMP_NUM_THREADS=str(RUN_THREADS)):
-        pool = spawn.Pool(min(jobs, len(tasks)))
+        pool = spawn.Pool(min(jobs, len(tasks)), initializer=_leave_interrupts_to_the_parent)
     with pool:
         for task, result in zip(tasks, pool.imap(fn, tasks)):
             results.append(result)
