@@ -20,7 +20,7 @@ import os
 from typing import NamedTuple
 
 from .. import models
-from ..data import epoch_batches, load_dataset, to_device
+from ..data import epoch_batches, load_dataset
 from ..jit import jit
 from ..optim import SGD
 from ..plot import plot_range, save_figure, subplots
@@ -28,7 +28,7 @@ from ..precise_bn import precise_bn
 from ..seeding import precise_bn_rng
 from ..train import TrainingDiverged, evaluate, fit
 from . import spread
-from .common import seed_list
+from .common import load_study_data, seed_list
 from .result import StudyResult, describe, verdict
 from .workers import default_jobs, map_runs, worker_cache
 
@@ -87,18 +87,14 @@ class RunTask(NamedTuple):
     device: tuple       # (device_type, device_id)
 
 
-def _data(limits, ctx):
-    ds = load_dataset("fashion-mnist", allow_download=False)
-    return (to_device(ds.train_images, ds.train_labels, ctx, limits[0]),
-            to_device(ds.test_images, ds.test_labels, ctx, limits[1]))
-
-
 def run_task(task):
     """(final test accuracy or None if diverged, with precise statistics for BN or None) of one run, in a
     worker process (the data loaded once per worker)."""
     import mxnet as mx
     ctx = mx.Context(*task.device)
-    train, test = worker_cache(("fashion-mnist", task.limits, task.device), lambda: _data(task.limits, ctx))
+    data = worker_cache(("fashion-mnist", task.limits, task.device),
+                        lambda: load_study_data("fashion-mnist", ctx, *task.limits))
+    train, test = data.train, data.test
     messages = []
     history, params, state, net = train_one(task.norm, task.batch_size, train, test, task.epochs, ctx, task.seed,
                                             log=messages.append)
