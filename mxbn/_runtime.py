@@ -29,8 +29,17 @@ Three things live here and nowhere else:
    kernels on one thread (their OpenMP fork/join cost more than it saved).  They
    are only defaults: a value the user exported is never overwritten.  OpenMP reads
    them once, at library load, hence "before MXNet is imported".
+
+4. sys.path.  MXNet imports OpenCV's ``cv2`` when it is installed (gluoncv pulls it
+   in).  opencv-python puts its own package directory at the front of sys.path while
+   it loads and leaves it there when its native library fails to load, as on a
+   minimal Debian without libxcb.  That directory holds a package named ``typing``;
+   every process spawned afterwards copies sys.path, and on Python 3.13 such a
+   worker died at start, importing it instead of the standard library's.  So MXNet
+   is imported here, and sys.path is put back as it was before.
 """
 import ctypes
+import importlib
 import math
 import os
 import sys
@@ -159,6 +168,15 @@ def check_import_order(modules=sys.modules):
             "reads); restart Python and `import mxbn` before `import mxnet`: mxbn restores those names")
 
 
+def import_keeping_sys_path(name, path=sys.path):
+    """Import module ``name``; whatever its import added to or removed from ``path`` is undone."""
+    before = list(path)
+    try:
+        return importlib.import_module(name)
+    finally:
+        path[:] = before
+
+
 def default_num_threads():
     """Cores this process may run on (respects CPU affinity and cgroup pinning)."""
     try:
@@ -200,3 +218,4 @@ ensure_distutils()
 if not _MXNET_WAS_PRELOADED:
     check_system_libraries()
     THREAD_DEFAULTS_APPLIED.update(apply_thread_defaults())
+    import_keeping_sys_path("mxnet")

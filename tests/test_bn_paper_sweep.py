@@ -154,3 +154,21 @@ def test_ctrl_c_stops_the_workers_with_no_traceback_from_them():
     out, err = child.communicate(timeout=60)
     assert child.returncode == 130 and out.strip() == "interrupted", (out, err)
     assert "Traceback" not in err, err
+
+
+DEAD_WORKER_CHILD = """
+import os, sys
+import mxbn
+from mxbn.experiments.workers import map_runs
+try:
+    map_runs(os._exit, [3], jobs=1)      # the worker process ends in the middle of its task
+except RuntimeError as e:
+    print(e)
+"""
+
+
+def test_a_worker_that_dies_is_an_error_here_not_a_hang():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", DEAD_WORKER_CHILD], capture_output=True, text=True, timeout=120)
+    assert "a worker process ended" in out.stdout, (out.stdout, out.stderr)

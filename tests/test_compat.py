@@ -197,3 +197,27 @@ def test_missing_distutils_names_setuptools():
             print(e)
     """)
     assert "install setuptools" in out.stdout, out.stderr
+
+
+def test_a_failed_opencv_import_inside_mxnet_leaves_sys_path_as_it_was(tmp_path):
+    # MXNet imports cv2 if it can.  opencv-python puts its package directory on sys.path while it
+    # loads and leaves it there when its native library fails (a minimal Debian without libxcb).
+    # That directory holds a package named `typing`, which then shadowed the standard library's in
+    # every spawned process (they copy sys.path): on Python 3.13 each worker died at start.
+    cv2 = tmp_path / "cv2"
+    (cv2 / "typing").mkdir(parents=True)
+    (cv2 / "typing" / "__init__.py").write_text("raise ImportError('the shadowing cv2/typing')\n")
+    (cv2 / "__init__.py").write_text(
+        "import os, sys\n"
+        "sys.path.insert(0, os.path.dirname(__file__))\n"
+        "raise ImportError('libxcb.so.1: cannot open shared object file')\n")
+    out = run_python(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        before = list(sys.path)
+        import mxbn
+        import mxnet
+        print("cv2 tried:", "cv2" in sys.modules or any(k.startswith("mxnet.image") for k in sys.modules))
+        print("added:", [p for p in sys.path if p not in before and p.startswith({str(tmp_path)!r})])
+    """)
+    assert "added: []" in out.stdout, (out.stdout, out.stderr)

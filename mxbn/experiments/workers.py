@@ -12,6 +12,7 @@ machine.  Workers are spawned (never forked: MXNet's engine does not survive a f
 runs of one call, so a worker loads a dataset once (``worker_cache``).  On a GPU the runs are made one after
 the other in this process, which has the device.
 """
+import concurrent.futures
 import contextlib
 import multiprocessing
 import os
@@ -77,11 +78,36 @@ def map_runs(fn, tasks, jobs, on_result=None, in_process=False):
         return results
     spawn = multiprocessing.get_context("spawn")
     # the workers read OMP_NUM_THREADS when they load MXNet, so it is set only while they start
+    # (a ProcessPoolExecutor, not a Pool: a Pool replaces a worker that dies and waits forever for its task)
     with _environment(OMP_NUM_THREADS=str(RUN_THREADS)):
-        pool = spawn.Pool(min(jobs, len(tasks)), initializer=_leave_interrupts_to_the_parent)
-    with pool:
-        for task, result in zip(tasks, pool.imap(fn, tasks)):
-            results.append(result)
+        pool = concurrent.futures.ProcessPoolExecutor(
+            min(jobs, len(tasks)), mp_context=spawn, initializer=_leave_interrupts_to_the_parent)
+        try:
+            futures = [pool.submit(fn, task) for task in tasks]   # the workers start here
+        except BaseException:
+            _stop(pool)
+            raise
+    try:
+        for task, future in zip(tasks, futures):
+            try:
+                results.append(future.result())
+            except concurrent.futures.process.BrokenProcessPool as e:
+                raise RuntimeError(
+                    f"a worker process ended before returning the result of task {task!r} (killed, out of "
+                    "memory, or a crash in native code); the remaining tasks were not computed") from e
             if on_result is not None:
-                on_result(task, result)
+                on_result(task, results[-1])
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown()
     return results
+
+
+def _stop(pool):
+    """Stop the workers now, their running tasks too (an error, or Ctrl-C: nothing else is waited for)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())   # no public way before 3.14
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
