@@ -177,6 +177,19 @@ def import_keeping_sys_path(name, path=sys.path):
         path[:] = before
 
 
+def run_service_role(role):
+    """A scheduler's or server's whole life: MXNet runs the role inside its import and then calls sys.exit().
+    mxbn's roll call (:mod:`mxbn.liveness`) starts first, so that a lost process stops the job."""
+    from . import liveness   # imports no MXNet
+    roll_call = liveness.start_for_role(role)
+    try:
+        import_keeping_sys_path("mxnet")
+    except SystemExit:
+        if roll_call is not None:
+            roll_call.finish()   # the job ended normally: members leaving now is no loss
+        raise
+
+
 def default_num_threads():
     """Cores this process may run on (respects CPU affinity and cgroup pinning)."""
     try:
@@ -218,4 +231,6 @@ ensure_distutils()
 if not _MXNET_WAS_PRELOADED:
     check_system_libraries()
     THREAD_DEFAULTS_APPLIED.update(apply_thread_defaults())
+    if os.environ.get("DMLC_ROLE") in ("scheduler", "server"):
+        run_service_role(os.environ["DMLC_ROLE"])
     import_keeping_sys_path("mxnet")

@@ -30,14 +30,15 @@ from .jit import jit
 from .models import (LENET_BLOCKS, LENET_STAGE_NORMS, LENET_STAGES, lenet_layers, lenet_params, min_train_batch_size,
                      renorm_schedule)
 from .optim import NO_DECAY_SUFFIXES, make_optimizer
-from .parallel import (DataParallelStep, across_devices, create_kvstore, fingerprint, is_distributed,
-                       jitted_stages, per_device, shard)
+from .parallel import (DataParallelStep, across_devices, check_kvstore, create_kvstore, fingerprint,
+                       is_distributed, jitted_stages, per_device, shard)
+from . import liveness
 from .precise_bn import precise_bn
 from .predict import load_lenet_checkpoint, make_net, net_title
 from .plot import plot_bn_trace, plot_confusion, plot_history, plot_predictions
 from .seeding import precise_bn_rng, seed_everything
-from .train import (HISTORY_COLUMNS, SingleDeviceStep, best_epoch, confusion_matrix, evaluate, fit,
-                    patience_exhausted, predict, trainable_subset)
+from .train import (HISTORY_COLUMNS, SingleDeviceStep, TrainingDiverged, TrainingInterrupted, best_epoch,
+                    confusion_matrix, evaluate, fit, patience_exhausted, predict, trainable_subset)
 
 __all__ = ["train_cnn", "eval_checkpoint", "prepare_out_dir", "make_lr_schedule",
            "RUN_FILES", "OutDirError"]
@@ -287,14 +288,26 @@ class _StopFlag:
 
 
 def _parallel(config, log):
-    """(contexts, kvstore or None, rank, number of workers) for ``config``."""
+    """(contexts, kvstore or None, rank, number of workers, roll call or None) for ``config``.
+
+    A worker of a ``dist_*`` job joins the scheduler's roll call first (:mod:`mxbn.liveness`):
+    if another process of the job is lost, this one is told and leaves instead of waiting forever."""
     contexts = resolve_contexts(config.ctx, warn=log)
     kind = config.kvstore or ("device" if len(contexts) > 1 else None)
     if kind is None:
-        return contexts, None, 0, 1
+        return contexts, None, 0, 1, None
+    check_kvstore(kind)
+    roll_call = None
+    if is_distributed(kind):
+        try:
+            roll_call = liveness.start_for_role("worker")
+        except (ValueError, ConnectionError) as e:
+            raise ConfigError(str(e)) from None
     kv = create_kvstore(kind)
     rank, workers = (kv.rank, kv.num_workers) if is_distributed(kind) else (0, 1)
-    return contexts, kv, rank, workers
+    if roll_call is not None:
+        roll_call.tell(rank=rank)
+    return contexts, kv, rank, workers, roll_call
 
 
 def _resume(ckpt_path, config, ctx, params, state, log):
@@ -346,6 +359,9 @@ class _RunFiles:
         save_checkpoint(path or self.ckpt_path, self.params, self.state, self.opt_state, meta)
 
     def on_epoch_end(self, epoch, history):
+        if self.workers > 1:   # equal lines in every worker's log: the copies are identical after each epoch
+            self.log(f"epoch {epoch}: parameters sha1 {fingerprint(self.params)}, "
+                     f"BN statistics sha1 {fingerprint(self.state)}")
         if self.primary:
             self.save(dict(epoch=epoch, batch=0), history)
             if best_epoch(history) == epoch:
@@ -521,7 +537,7 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
     if is_distributed(config.kvstore) and on_nan == "skip":
         raise ConfigError("--on-nan skip cannot be used with a distributed kvstore: a worker skipping a batch "
                           "alone would leave the others waiting for its gradients")
-    contexts, kv, rank, workers = _parallel(config, log)
+    contexts, kv, rank, workers, roll_call = _parallel(config, log)
     primary = rank == 0
     if not primary:
         log = _prefixed(log, f"[worker {rank}] ")
@@ -541,11 +557,18 @@ def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_
     elif resume and not os.path.exists(ckpt_path):
         raise OutDirError(f"--resume: worker {rank} cannot read {ckpt_path}; every worker needs the checkpoint")
     try:
-        return _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, rank, workers, initial)
-    except BaseException:
+        metrics = _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, rank, workers, initial)
+    except BaseException as e:
+        # an interruption or a divergence is decided by all the workers together (README 'Several
+        # machines'): an orderly end, not a loss
+        if roll_call is not None and isinstance(e, (TrainingInterrupted, TrainingDiverged)):
+            roll_call.finish()
         if created:
             _remove_failed_out(out_dir)
         raise
+    if roll_call is not None:
+        roll_call.finish()
+    return metrics
 
 
 def _train_job(config, out_dir, resume, progress, on_nan, log, contexts, kv, rank, workers, initial=None):

@@ -6,9 +6,9 @@
 """
 from .data_parallel import (DataParallelStep, across_devices, fingerprint, jitted_stages, per_device, replicate,
                             split_sizes)
-from .kvstore import DIST_ENV, KVSTORE_TYPES, KVStoreError, create_kvstore, is_distributed, shard
+from .kvstore import DIST_ENV, KVSTORE_TYPES, KVStoreError, check_kvstore, create_kvstore, is_distributed, shard
 from .sync_batch_norm import sync_batch_norm
 
 __all__ = ["sync_batch_norm", "DataParallelStep", "fingerprint", "across_devices", "jitted_stages", "per_device",
-           "replicate", "split_sizes", "create_kvstore", "is_distributed", "shard", "KVSTORE_TYPES", "DIST_ENV",
-           "KVStoreError"]
+           "replicate", "split_sizes", "check_kvstore", "create_kvstore", "is_distributed", "shard", "KVSTORE_TYPES",
+           "DIST_ENV", "KVStoreError"]

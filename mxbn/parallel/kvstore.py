@@ -12,7 +12,7 @@ import os
 
 import mxnet as mx
 
-__all__ = ["KVSTORE_TYPES", "DIST_ENV", "KVStoreError", "create_kvstore", "is_distributed", "shard"]
+__all__ = ["KVSTORE_TYPES", "DIST_ENV", "KVStoreError", "check_kvstore", "create_kvstore", "is_distributed", "shard"]
 
 # "device": sums on the devices (GPU peer copies); "local": sums on the CPU.
 # "dist_sync": several processes, synchronous, through scheduler/server processes;
@@ -32,8 +32,8 @@ def is_distributed(kind):
     return kind is not None and kind.startswith("dist")
 
 
-def create_kvstore(kind, environ=os.environ):
-    """``mx.kv.create(kind)`` after checking that it can work.
+def check_kvstore(kind, environ=os.environ):
+    """Raise KVStoreError unless ``mx.kv.create(kind)`` can work in this process.
 
     A ``dist_*`` kvstore connects to the scheduler named by the DMLC_* variables
     and waits for every worker; without them MXNet would stop with an
@@ -50,7 +50,12 @@ def create_kvstore(kind, environ=os.environ):
                                f"'Several machines'")
         if environ["DMLC_ROLE"] != "worker":
             raise KVStoreError(f"--kvstore {kind}: DMLC_ROLE is {environ['DMLC_ROLE']!r}; the trainer runs "
-                               f"as a 'worker' (scheduler and servers are started by importing mxnet)")
+                               f"as a 'worker' (scheduler and servers are started by importing mxbn)")
+
+
+def create_kvstore(kind, environ=os.environ):
+    """``mx.kv.create(kind)`` after checking that it can work (:func:`check_kvstore`)."""
+    check_kvstore(kind, environ)
     return mx.kv.create(kind)
 
 

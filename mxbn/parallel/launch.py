@@ -26,12 +26,15 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
-def role_env(role, port, num_workers, num_servers=1, host="127.0.0.1", base=None, threads=None):
+def role_env(role, port, num_workers, num_servers=1, host="127.0.0.1", base=None, threads=None,
+             liveness_port=None):
     """The environment of one process of a local job (``role``: scheduler, server or worker)."""
     env = dict(os.environ if base is None else base)
     env.update(DMLC_ROLE=role, DMLC_PS_ROOT_URI=host, DMLC_PS_ROOT_PORT=str(port),
                DMLC_NUM_WORKER=str(num_workers), DMLC_NUM_SERVER=str(num_servers),
                DMLC_NODE_HOST=host)  # every process answers on loopback, whatever interfaces exist
+    if liveness_port is not None:   # the roll call's port (mxbn.liveness), when port + 1 is not free
+        env["MXBN_LIVENESS_PORT"] = str(liveness_port)
     # a thread count the user chose is kept; mxbn's own default (all cores) is not, for a worker
     if threads is not None and ("OMP_NUM_THREADS" not in env or "OMP_NUM_THREADS" in THREAD_DEFAULTS_APPLIED):
         env["OMP_NUM_THREADS"] = str(threads)
@@ -62,16 +65,21 @@ def launch_local(command, num_workers, num_servers=1, timeout=None, grace=10.0, 
     if num_workers < 1 or num_servers < 1:
         raise ValueError(f"need at least one worker and one server, got {num_workers} and {num_servers}")
     port = port or free_port()
+    liveness_port = free_port()
+    while liveness_port == port:
+        liveness_port = free_port()
+    ports = dict(liveness_port=liveness_port)
     # workers share the cores instead of each starting one OpenMP thread per core
     threads = max(1, default_num_threads() // num_workers)
     # each process in its own session: a Ctrl-C reaches the launcher only, which forwards it to the workers
     start = dict(start_new_session=True)
     service = [sys.executable, "-c", "import mxbn"]  # importing mxnet runs the role; mxbn sets numpy up first
-    scheduler = subprocess.Popen(service, env=role_env("scheduler", port, num_workers, num_servers), **start)
-    servers = [subprocess.Popen(service, env=role_env("server", port, num_workers, num_servers), **start)
+    scheduler = subprocess.Popen(service, env=role_env("scheduler", port, num_workers, num_servers, **ports),
+                                 **start)
+    servers = [subprocess.Popen(service, env=role_env("server", port, num_workers, num_servers, **ports), **start)
                for _ in range(num_servers)]
     workers = [subprocess.Popen(list(command), env=role_env("worker", port, num_workers, num_servers,
-                                                               threads=threads), **start)
+                                                               threads=threads, **ports), **start)
                for _ in range(num_workers)]
     everyone = [scheduler] + servers + workers
     log(f"launched scheduler on 127.0.0.1:{port}, {num_servers} server(s), {num_workers} worker(s)")
