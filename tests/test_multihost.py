@@ -143,9 +143,9 @@ def _job_env(extra=None):
     return env
 
 
-def start_job(hosts, tmp_path, data_dir, out, *extra, tag="run"):
+def start_job(hosts, tmp_path, data_dir, out, *extra, tag="run", workers=("w0", "w1")):
     """README's recipe: the scheduler and the server on host ps, a worker on w0 and on w1."""
-    env = _job_env()
+    env = _job_env(dict(DMLC_NUM_WORKER=str(len(workers))))
     py = sys.executable
     train = " ".join([py, "scripts/train_cnn.py", "--ctx", "cpu", "--kvstore", "dist_sync", "--data-dir",
                       str(data_dir), "--out", str(out), *TRAIN, *extra])
@@ -154,9 +154,9 @@ def start_job(hosts, tmp_path, data_dir, out, *extra, tag="run"):
                               tmp_path / f"{tag}-scheduler.log"),
         server=hosts.start("ps", f'{py} -c "import mxbn"', dict(env, DMLC_ROLE="server"),
                            tmp_path / f"{tag}-server.log"),
-        w0=hosts.start("w0", train, dict(env, DMLC_ROLE="worker"), tmp_path / f"{tag}-w0.log"),
-        w1=hosts.start("w1", train, dict(env, DMLC_ROLE="worker"), tmp_path / f"{tag}-w1.log"),
     )
+    for host in workers:
+        procs[host] = hosts.start(host, train, dict(env, DMLC_ROLE="worker"), tmp_path / f"{tag}-{host}.log")
     return procs
 
 
@@ -312,3 +312,19 @@ def test_after_a_lost_worker_the_whole_job_resumes_to_the_uninterrupted_result(h
         again["w0"].log_path).read()
     reference, _ = one_host_run
     _assert_same_checkpoint(reference / "checkpoint.params", out / "checkpoint.params")
+
+
+def test_throughput_of_one_and_two_worker_hosts(hosts, data_dir, tmp_path):
+    """Images per second of the whole job (every worker's shard), epochs 2 and 3; printed, not judged: the
+    hosts here share two cores, so two workers cannot be faster than one."""
+    rates = {}
+    for workers in (("w0",), ("w0", "w1")):
+        procs = start_job(hosts, tmp_path, data_dir, tmp_path / f"run-{len(workers)}", tag=f"x{len(workers)}",
+                          workers=workers)
+        assert set(wait_all(procs, timeout=300).values()) == {0}, logs(procs)
+        per_worker = [[float(r) for r in re.findall(r"epoch [23]/3 .*\((\d+) img/s\)", open(procs[w].log_path).read())]
+                      for w in workers]
+        assert all(len(r) == 2 for r in per_worker), logs(procs)
+        rates[len(workers)] = sum(np.mean(r) for r in per_worker)
+    print(f"job throughput: 1 worker host {rates[1]:.0f} img/s, 2 worker hosts {rates[2]:.0f} img/s "
+          f"({rates[2] / rates[1]:.2f}x)")

@@ -330,8 +330,12 @@ def test_dist_sync_two_workers_one_server_end_with_identical_parameters(tiny_dat
     out, seconds = _launch(tmp_path, tiny_data, "--epochs", "2", "--val-size", "0")   # shards of all 256
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout + out.stderr
-    sums = re.findall(r"parameters sha1 ([0-9a-f]{40})", text)
+    sums = re.findall(r"^(?:\[worker 1\] )?parameters sha1 ([0-9a-f]{40})$", text, re.M)
     assert len(sums) == 2 and sums[0] == sums[1], text   # both workers, same bits
+    per_epoch = re.findall(r"^(\[worker 1\] )?(epoch \d+: parameters sha1 .*)$", text, re.M)
+    assert sorted(line for worker, line in per_epoch if worker) == sorted(line for worker, line in per_epoch
+                                                                          if not worker), text
+    assert len(per_epoch) == 4
     assert "worker 0 of 2: training samples 0..127" in text and "worker 1 of 2: training samples 128..255" in text
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["workers"] == 2 and len(metrics["history"]) == 2
