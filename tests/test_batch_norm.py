@@ -265,3 +265,24 @@ def test_scratch_path_releases_activations_after_backward():
         nd.waitall()
         holding.append(sum(1 for o in gc.get_objects() if isinstance(o, _ScratchBatchNorm) and o.saved_tensors))
     assert max(holding) <= 1, holding
+
+
+def test_the_bookkeeping_graphs_give_new_arrays_equal_to_the_ops_one_by_one():
+    # batch_norm runs its variance recovery and moving-statistics rule as cached graphs with static memory;
+    # what one call returned must survive the next call (of another shape too) and equal the ops run
+    # one by one
+    import importlib
+    bn = importlib.import_module("mxbn.batch_norm")
+    rng = np.random.default_rng(0)
+    calls = []
+    for C in (3, 5, 3):
+        mm, mv = nd.array(rng.random(C)), nd.array(rng.random(C) + 0.5)
+        mean, vari = nd.array(rng.normal(size=C)), nd.array(rng.random(C))
+        got = bn.graph_call(("rule-test", 0.75), lambda a, b, c, d: bn.moving_stats_rule(a, b, c, d, 0.75),
+                            mm, mv, mean, vari)
+        calls.append(([g.asnumpy().copy() for g in got], got,
+                      [r.asnumpy() for r in bn.moving_stats_rule(mm, mv, mean, vari, 0.75)]))
+    for copies, arrays, one_by_one in calls:
+        for copy, array, expected in zip(copies, arrays, one_by_one):
+            np.testing.assert_array_equal(array.asnumpy(), copy)       # not overwritten by later calls
+            np.testing.assert_array_equal(copy, expected)
