@@ -16,13 +16,14 @@ import numpy as np
 
 from . import functional as F
 from .jit import jit
-from .models import lenet, lenet_params
+from .models import LENET_CONV, LENET_FLAT, LENET_HIDDEN, NUM_CLASSES, lenet, lenet_params
 from .train import SYNC_EVERY
 
 import mxnet as mx
 from mxnet import autograd, nd
 
-__all__ = ["median_ms", "op_inputs", "mxbn_ops", "time_op", "step_breakdown", "synthetic_batches", "time_steps",
+__all__ = ["lenet_training_flops", "cpu_peak_gflops",
+           "median_ms", "op_inputs", "mxbn_ops", "time_op", "step_breakdown", "synthetic_batches", "time_steps",
            "time_trainer_step", "time_mxbn_variant", "bench_pipeline", "OP_SHAPES", "MXBN_VARIANTS", "TRAIN_IMAGES"]
 
 # LeNet's activations at batch 128 and a 2-D (dense) case.
@@ -33,6 +34,40 @@ OP_SHAPES = [(128, 20, 24, 24), (128, 50, 10, 10), (128, 128)]
 MXBN_VARIANTS = ["mxbn-static", "mxbn-static-no-pass", "mxbn-static-scratch", "mxbn-fused", "mxbn-scratch", "no-bn",
                  "mxbn-static-2dev", "mxbn-sync-2dev"]
 TRAIN_IMAGES = 60000  # Fashion-MNIST training set, for seconds per epoch
+
+
+def lenet_training_flops(image_size=28):
+    """Floating-point operations of one LeNet training step per image: 2 per multiply-add of the
+    convolutions and dense layers, forward, weight gradient and data gradient (none for the first
+    convolution, whose input is the images).  Batch norm, pooling and activations (< 1 %) are left out."""
+    flops, hw = 0, image_size
+    for layer, (out_c, in_c, k) in enumerate(LENET_CONV):
+        hw = hw - k + 1
+        passes = 2 if layer == 0 else 3
+        flops += 2 * out_c * in_c * k * k * hw * hw * passes
+        hw //= 2
+    return flops + 2 * (LENET_FLAT * LENET_HIDDEN + LENET_HIDDEN * NUM_CLASSES) * 3
+
+
+def cpu_peak_gflops(cpuinfo="/proc/cpuinfo", cores=None):
+    """(peak float32 GFLOP/s, how it was derived) of this CPU, or (None, why not): cores x clock x FLOPs per
+    cycle.  Per cycle: 64 for an Intel CPU with AVX-512 (two 16-float FMA units; parts with one have half),
+    32 for AVX2, and 32 for AMD's AVX-512 (Zen 4 runs a 512-bit FMA as two 256-bit halves on its two FMA
+    pipes).  The clock is the one /proc/cpuinfo reports, not a turbo clock."""
+    try:
+        with open(cpuinfo) as f:
+            text = f.read()
+    except OSError as e:
+        return None, f"cannot read {cpuinfo}: {e.strerror}"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    mhz = [float(line.split(":", 1)[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
+    amd = "AuthenticAMD" in text
+    per_cycle = (32 if amd else 64) if "avx512f" in flags else 32 if "avx2" in flags else None
+    if not mhz or per_cycle is None:
+        return None, "clock or vector width unknown"
+    from ._runtime import default_num_threads
+    cores = cores or default_num_threads()
+    return cores * mhz[0] * 1e-3 * per_cycle, f"{cores} cores x {mhz[0]:.0f} MHz x {per_cycle} FLOP/cycle"
 
 
 def median_ms(fn, repeat, warmup=2):

@@ -32,3 +32,35 @@ def test_quick_bench_produces_every_row(tmp_path):
     assert "set_by_mxbn" in result["threads"]
     for variant in expected:
         assert variant in out.stdout
+
+
+def test_quick_sweep_gives_every_variant_at_every_batch_size(tmp_path):
+    out_json = tmp_path / "sweep.json"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--sweep", "8", "--quick",
+                          "--rounds", "1", "--json", str(out_json)], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out_json.read_text())
+    expected = ["mxbn-static", "gluon-hybrid"] + (["torch-eager"] if torch_available() else [])
+    assert [(r["batch_size"], r["variant"]) for r in result["rows"]] == [(8, v) for v in expected]
+    for r in result["rows"]:
+        assert "error" not in r, r
+        assert r["gflops"] == r["images_per_sec"] * result["training_flops_per_image"] * 1e-9
+    assert result["training_flops_per_image"] == 7519680   # LeNet's convolutions and dense layers, worked by hand
+    assert "GFLOP/s" in out.stdout
+
+
+def test_a_bad_sweep_is_a_usage_error():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--sweep", "64,1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "every batch size must be >= 2, got '64,1'" in out.stderr
+
+
+def test_the_peak_is_derived_from_the_cpu_it_names(tmp_path):
+    from mxbn.bench import cpu_peak_gflops
+    intel = tmp_path / "intel"
+    intel.write_text("vendor_id\t: GenuineIntel\ncpu MHz\t\t: 2000.000\nflags\t\t: fpu avx2 avx512f\n")
+    amd = tmp_path / "amd"
+    amd.write_text("vendor_id\t: AuthenticAMD\ncpu MHz\t\t: 2000.000\nflags\t\t: fpu avx2 avx512f\n")
+    assert cpu_peak_gflops(str(intel), cores=2) == (256.0, "2 cores x 2000 MHz x 64 FLOP/cycle")
+    assert cpu_peak_gflops(str(amd), cores=2)[0] == 128.0
+    assert cpu_peak_gflops(str(tmp_path / "none"))[0] is None

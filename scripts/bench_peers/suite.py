@@ -149,3 +149,62 @@ def format_table(result):
     if not result["torch_available"]:
         lines.append("torch-eager: skipped (torch not importable)")
     return "\n".join(lines)
+
+
+SWEEP_VARIANTS = ["mxbn-static", "gluon-hybrid", "torch-eager"]
+SWEEP_IMAGES = 12800   # images timed per variant and batch size (equal work at every batch size)
+
+
+def run_sweep(batch_sizes, ctx_spec="cpu", rounds=3, images=SWEEP_IMAGES, log=print):
+    """Images/s of the default trainer's step, Gluon hybridized and PyTorch eager at each batch size, in
+    interleaved rounds (medians), with GFLOP/s against the CPU's peak and each variant's peak RSS."""
+    from mxbn.bench import cpu_peak_gflops, lenet_training_flops
+    variants = [v for v in SWEEP_VARIANTS if v != "torch-eager" or torch_available()]
+    flops = lenet_training_flops()
+    peak, peak_basis = cpu_peak_gflops()
+    rows = []
+    for batch_size in batch_sizes:
+        steps = max(10, images // batch_size)
+        runs = {v: [] for v in variants}
+        for r in range(rounds):
+            for v in variants:
+                log(f"sweep: batch {batch_size}, round {r + 1}/{rounds}: {v} ({steps} steps)")
+                runs[v].append(_run_child(v, ctx_spec, batch_size, steps, max(3, steps // 10), timeout=1800))
+        for v in variants:
+            m = _median_run(v, runs[v])
+            if "error" not in m:
+                m["gflops"] = m["images_per_sec"] * flops * 1e-9
+                m["fraction_of_peak"] = m["gflops"] / peak if peak else None
+            rows.append(dict(m, batch_size=batch_size))
+    return dict(batch_sizes=list(batch_sizes), rounds=rounds, images_per_measurement=images,
+                training_flops_per_image=flops, peak_gflops=peak, peak_basis=peak_basis, rows=rows,
+                threads=_runtime.thread_settings(), torch_available=torch_available())
+
+
+def format_sweep(result):
+    """The sweep as a table: images/s, ratios to Gluon and PyTorch, GFLOP/s and peak RSS per batch size."""
+    peak = result["peak_gflops"]
+    lines = [f"LeNet-BN training step against batch size, median of {result['rounds']} interleaved round(s), "
+             f"{result['images_per_measurement']} images per measurement; "
+             f"{result['training_flops_per_image'] / 1e6:.2f} MFLOP per image; peak "
+             + (f"{peak:.0f} GFLOP/s ({result['peak_basis']})" if peak else f"unknown ({result['peak_basis']})"),
+             "", f"{'batch':>6}  {'variant':<14}{'images/s':>10}{'vs gluon':>10}{'vs torch':>10}{'GFLOP/s':>9}"
+             f"{'of peak':>9}{'peak RSS MB':>13}"]
+    by_batch = {}
+    for row in result["rows"]:
+        by_batch.setdefault(row["batch_size"], {})[row["variant"]] = row
+    for batch_size, rows in by_batch.items():
+        for variant, m in rows.items():
+            if "error" in m:
+                lines.append(f"{batch_size:>6}  {variant:<14}  failed: {m['error']}")
+                continue
+            ratio = {peer: m["images_per_sec"] / rows[peer]["images_per_sec"]
+                     if peer in rows and "error" not in rows[peer] else float("nan")
+                     for peer in ("gluon-hybrid", "torch-eager")}
+            of_peak = f"{100 * m['fraction_of_peak']:.0f} %" if m.get("fraction_of_peak") else "?"
+            lines.append(f"{batch_size:>6}  {variant:<14}{m['images_per_sec']:>10.0f}{ratio['gluon-hybrid']:>9.2f}x"
+                         f"{ratio['torch-eager']:>9.2f}x{m['gflops']:>9.1f}{of_peak:>9}{m['peak_rss_mb']:>13.0f}")
+    if not result["torch_available"]:
+        lines.append("torch-eager: skipped (torch not importable)")
+    return "\n".join(lines)
+
