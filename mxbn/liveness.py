@@ -188,12 +188,12 @@ class RollCall:
             with self.lock:
                 peers = list(self.peers)
             for peer in peers:
-                if peer.done:
-                    continue
-                try:
+                try:   # a finished member too: it may still wait in MXNet's shutdown and watch for us
                     _send(peer.sock, peer.lock, dict(beat=True))
                 except OSError:
                     pass   # its reader sees the connection close
+                if peer.done:
+                    continue
                 silent = self.clock() - peer.heard
                 if silent > self.settings.timeout:
                     self.lost(peer, f"nothing heard from it for {silent:.0f} s (its host or its network is down)")

@@ -127,3 +127,14 @@ def test_a_roll_call_port_in_use_is_named_with_the_way_out():
         settings = liveness.Settings("127.0.0.1", taken.getsockname()[1])
         with pytest.raises(OSError, match=rf"cannot listen on port {settings.port} .*set MXBN_LIVENESS_PORT"):
             liveness.RollCall(settings)
+
+
+def test_a_finished_member_still_hears_the_scheduler():
+    # a worker that has finished may wait in MXNet's shutdown for the others: it must not take the
+    # scheduler's silence towards it for a loss
+    settings, _, _ = _job(interval=0.1, timeout=0.6)
+    member, left = _member(settings, "worker", rank=0)
+    member.finish()
+    time.sleep(1.5)
+    assert left.messages == []
+    member.close()
