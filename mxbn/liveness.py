@@ -36,12 +36,11 @@ LOST_PEER_EXIT = 69
 class Settings:
     """Where the roll call listens and how often it expects word."""
 
-    def __init__(self, host, port, interval=1.0, timeout=10.0, num_workers=None, num_servers=None):
+    def __init__(self, host, port, interval=1.0, timeout=10.0):
         if not timeout > 2 * interval > 0:
             raise ValueError(f"MXBN_LIVENESS_TIMEOUT ({timeout}) must exceed twice MXBN_LIVENESS_INTERVAL "
                              f"({interval}), and both be positive")
         self.host, self.port, self.interval, self.timeout = host, port, interval, timeout
-        self.num_workers, self.num_servers = num_workers, num_servers
 
 
 def _number(environ, name, default, kind=float):
@@ -63,8 +62,7 @@ def settings_from_env(environ=os.environ):
     if root_port is None:
         return None
     return Settings(environ["DMLC_PS_ROOT_URI"], _number(environ, "MXBN_LIVENESS_PORT", root_port + 1, int),
-                    _number(environ, "MXBN_LIVENESS_INTERVAL", 1.0), _number(environ, "MXBN_LIVENESS_TIMEOUT", 10.0),
-                    _number(environ, "DMLC_NUM_WORKER", None, int), _number(environ, "DMLC_NUM_SERVER", None, int))
+                    _number(environ, "MXBN_LIVENESS_INTERVAL", 1.0), _number(environ, "MXBN_LIVENESS_TIMEOUT", 10.0))
 
 
 def _say(message):

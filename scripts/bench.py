@@ -22,7 +22,7 @@ import mxbn  # noqa: E402,F401  (thread defaults before mxnet loads)
 from mxbn.atomic import atomic_write_json  # noqa: E402
 from mxbn.bench import step_breakdown  # noqa: E402
 from mxbn.context import ContextError  # noqa: E402
-from bench_peers.suite import format_sweep, format_table, run_bench, run_sweep  # noqa: E402
+from bench_peers.suite import SWEEP_IMAGES, format_sweep, format_table, run_bench, run_sweep  # noqa: E402
 
 
 def batch_sizes(text):
@@ -59,7 +59,8 @@ def main(argv=None):
         return 0
     if a.sweep:
         result = run_sweep(a.sweep, "gpu" if a.ctx.startswith("gpu") else "cpu", a.rounds,
-                           images=64 * max(a.sweep) if a.quick else 12800, log=lambda m: print(m, file=sys.stderr))
+                           images=64 * max(a.sweep) if a.quick else SWEEP_IMAGES,
+                           log=lambda m: print(m, file=sys.stderr))
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         atomic_write_json(a.json, result)
         print(format_sweep(result))

@@ -8,12 +8,7 @@ import time
 import pytest
 
 from mxbn import liveness
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from mxbn.parallel.launch import free_port as _free_port
 
 
 class Left:

@@ -70,6 +70,18 @@ def _median_run(variant, results):
     return best
 
 
+def interleaved_medians(variants, rounds, ctx_spec, batch_size, steps, warmup, what, log):
+    """Each variant's median run over ``rounds`` rounds that interleave the variants (A B C .. A B C ..): on
+    a shared machine load drifts over minutes, and interleaving spreads that drift over all variants instead
+    of penalising whichever ran during a bad stretch."""
+    runs = {v: [] for v in variants}
+    for r in range(rounds):
+        for v in variants:
+            log(f"{what}, round {r + 1}/{rounds}: {v} ({steps} steps of batch {batch_size})")
+            runs[v].append(_run_child(v, ctx_spec, batch_size, steps, warmup, timeout=1800))
+    return [_median_run(v, runs[v]) for v in variants]
+
+
 def run_bench(ctx_spec="cpu", batch_size=128, repeat=20, quick=False, model_rounds=3, log=print):
     """Everything above, side by side; returns a JSON-able dict (see ``format_table``)."""
     from mxbn.context import resolve_context
@@ -82,18 +94,9 @@ def run_bench(ctx_spec="cpu", batch_size=128, repeat=20, quick=False, model_roun
     log(f"op level: {len(shapes)} shapes x {repeat} repeats on {ctx}")
     ops = bench_ops(ctx, repeat, shapes, include_tutorial=not quick)
     variants = [v for v in MODEL_VARIANTS if v != "torch-eager" or torch_available()]
-    # Rounds interleave the variants (A B C .. A B C ..) and the median per variant
-    # is reported: on a shared machine load drifts over minutes, and interleaving
-    # spreads that drift over all variants instead of penalising whichever ran
-    # during a bad stretch.
     rounds = 1 if quick else model_rounds
-    runs = {v: [] for v in variants}
-    for r in range(rounds):
-        for v in variants:
-            log(f"model level, round {r + 1}/{rounds}: {v} ({steps} steps of batch {batch_size})")
-            runs[v].append(_run_child(v, "gpu" if ctx.device_type == "gpu" else "cpu", batch_size, steps, warmup,
-                                      timeout=1800))
-    models = [_median_run(v, runs[v]) for v in variants]
+    models = interleaved_medians(variants, rounds, "gpu" if ctx.device_type == "gpu" else "cpu", batch_size, steps,
+                                 warmup, "model level", log)
     pipeline_s = bench_pipeline(ctx, batch_size, max(1, repeat // 5))
     head = next((m for m in models if m["variant"] == HEADLINE and "error" not in m), None)
     for m in models:
@@ -165,13 +168,8 @@ def run_sweep(batch_sizes, ctx_spec="cpu", rounds=3, images=SWEEP_IMAGES, log=pr
     rows = []
     for batch_size in batch_sizes:
         steps = max(10, images // batch_size)
-        runs = {v: [] for v in variants}
-        for r in range(rounds):
-            for v in variants:
-                log(f"sweep: batch {batch_size}, round {r + 1}/{rounds}: {v} ({steps} steps)")
-                runs[v].append(_run_child(v, ctx_spec, batch_size, steps, max(3, steps // 10), timeout=1800))
-        for v in variants:
-            m = _median_run(v, runs[v])
+        for m in interleaved_medians(variants, rounds, ctx_spec, batch_size, steps, max(3, steps // 10), "sweep",
+                                     log):
             if "error" not in m:
                 m["gflops"] = m["images_per_sec"] * flops * 1e-9
                 m["fraction_of_peak"] = m["gflops"] / peak if peak else None
