@@ -39,7 +39,7 @@ BATCH_NORM_IMPLS = ("fused", "scratch")
 STAT_DTYPE = {"float16": "float32", "float32": "float32", "float64": "float64"}
 
 
-def normalize_per_channel(X3, scale, shift):
+def normalize_per_channel(X3, scale, shift, broadcast=False):
     """``X3 * scale + shift`` for a (pre, C, post) view and per-channel (C,) or (1, C) scale and shift.
 
     The one place the per-channel arithmetic of every BN path is written (the
@@ -47,10 +47,11 @@ def normalize_per_channel(X3, scale, shift):
     synchronized BN): the same multiply and add, so the paths agree to the bit.
     In a traced graph scale and shift are spread to X3's shape by products with
     ones vectors (exact copies) rather than broadcast, so that their gradients
-    are GEMVs and not MXNet's generic reduction over axes (0, 2).
+    are GEMVs and not MXNet's generic reduction over axes (0, 2); ``broadcast``: broadcast them in a graph
+    too (one that nobody differentiates, such as the scratch Function's cached forward).
     """
     ops = ops_for(X3)
-    if ops is sym:
+    if ops is sym and not broadcast:
         pre, C, post = shape = shape_of(X3, "batch_norm")
         ones = _ones_vectors(tracing.current("batch_norm"), pre, post, dtype_of(X3, "batch_norm"))
         return X3 * _spread(scale.reshape((1, C)), *ones, shape) + _spread(shift.reshape((1, C)), *ones, shape)
@@ -185,14 +186,17 @@ def batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari,
 
 
 class _Described:
-    """Shape, dtype and context of a traced Symbol, read like an NDArray's by the checks below."""
+    """Shape, dtype and context of an NDArray or a traced Symbol, read once for the checks below (an NDArray's
+    shape, dtype and context are each a call into MXNet, ~3 us, and the checks read them ~40 times)."""
 
-    def __init__(self, symbol, op):
-        self.shape = shape_of(symbol, op)
-        self.dtype = dtype_of(symbol, op)
+    def __init__(self, array, op):
+        if isinstance(array, sym.Symbol):
+            self.shape, self.dtype = shape_of(array, op), dtype_of(array, op)
+            self.context = None  # one context per jitted call, checked by jit
+        else:
+            self.shape, self.dtype, self.context = array.shape, array.dtype, array.context
         self.ndim = len(self.shape)
-        self.size = int(np.prod(self.shape)) if self.shape else 1
-        self.context = None  # one context per jitted call, checked by jit
+        self.size = math.prod(self.shape)
 
 
 def check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
@@ -211,11 +215,8 @@ def check_batch_norm_args(X, gamma, beta, is_training, moving_mean, moving_vari,
             raise TypeError(f"{op}: {name} must be an mxnet NDArray, got {type(value).__name__}")
         if not traced and isinstance(value, nd.sparse.BaseSparseNDArray):
             raise TypeError(f"{op}: {name} must be a dense NDArray, got storage type {value.stype!r}")
-    if traced:
-        X, gamma, beta, moving_mean, moving_vari = (
-            _Described(v, op) for v in (X, gamma, beta, moving_mean, moving_vari))
-        arrays = {"X": X, "gamma": gamma, "beta": beta,
-                  "moving_mean": moving_mean, "moving_vari": moving_vari}
+    arrays = {name: _Described(value, op) for name, value in arrays.items()}
+    X = arrays["X"]
     if not isinstance(is_training, (bool, np.bool_)) and not (
             isinstance(is_training, numbers.Integral) and is_training in (0, 1)):
         raise TypeError(f"{op}: is_training must be a bool, got {is_training!r} "
@@ -366,38 +367,65 @@ class _ScratchBatchNorm(Function):
         self.eps = eps
 
     def forward(self, X3, gamma, beta):
-        pre, C, post = X3.shape
-        m = pre * post
-        ctx, dtype = X3.context, X3.dtype
-        ones_pre = nd.ones((1, pre), ctx=ctx, dtype=dtype)
-        ones_post = nd.ones((post, 1), ctx=ctx, dtype=dtype)
-        mean = _per_channel_sum(X3, ones_pre, ones_post) / m          # (1, C)
-        xc = nd.broadcast_sub(X3, mean.reshape((1, C, 1)))
-        vari = _per_channel_sum(nd.square(xc), ones_pre, ones_post) / m
-        invstd = nd.rsqrt(vari + self.eps)
-        scale = gamma.reshape((1, C)) * invstd
-        Y3 = normalize_per_channel(xc, scale, beta)
-        self.save_for_backward(xc, invstd, scale, ones_pre, ones_post)
+        shape3 = X3.shape
+        ones = _scratch_ones(shape3, X3.context, X3.dtype)
+        Y3, xc, mean, vari, invstd, scale = graph_call(
+            ("scratch_forward", self.eps), lambda *a: _scratch_forward(*a, self.eps, shape3), X3, gamma, beta, *ones)
+        self.save_for_backward(xc, invstd, scale, ones)
+        C = shape3[1]
         self.batch_stats = (mean.reshape((C,)), vari.reshape((C,)))
         return Y3
 
     def backward(self, dY3):
-        xc, invstd, scale, ones_pre, ones_post = self.saved_tensors
-        pre, C, post = xc.shape
-        m = pre * post
-        need_dX, need_dgamma, need_dbeta = self.needs_input_grad
-        sum_dy = _per_channel_sum(dY3, ones_pre, ones_post)           # dbeta, (1, C)
-        sum_dy_xc = _per_channel_sum(dY3 * xc, ones_pre, ones_post)   # (1, C)
-        dX3 = None
-        if need_dX:  # e.g. not for BN on the input of a net, or on frozen features
-            k_xc = -(scale * nd.square(invstd) * sum_dy_xc / m).reshape((1, C, 1))
-            k_0 = -(scale * sum_dy / m).reshape((1, C, 1))
-            dX3 = nd.broadcast_add(
-                nd.broadcast_add(nd.broadcast_mul(dY3, scale.reshape((1, C, 1))),
-                                 nd.broadcast_mul(xc, k_xc)), k_0)
-        dgamma = (invstd * sum_dy_xc).reshape((C,)) if need_dgamma else None
-        dbeta = sum_dy.reshape((C,)) if need_dbeta else None
-        return dX3, dgamma, dbeta
+        xc, invstd, scale, ones = self.saved_tensors
+        shape3 = xc.shape
+        needs = tuple(self.needs_input_grad)
+        grads = graph_call(("scratch_backward", needs), lambda *a: _scratch_backward(*a, needs, shape3),
+                           dY3, xc, invstd, scale, *ones)
+        grads = iter(grads)
+        return tuple(next(grads) if need else None for need in needs)
+
+
+def _scratch_forward(X3, gamma, beta, ones_pre, ones_post, eps, shape3):
+    """_ScratchBatchNorm's forward on Symbols of a (pre, C, post) X3: (Y3, xc, mean, vari, invstd, scale)."""
+    pre, C, post = shape3
+    m = pre * post
+    mean = _per_channel_sum(X3, ones_pre, ones_post, sym, shape3) / m          # (1, C)
+    xc = sym.broadcast_sub(X3, mean.reshape((1, C, 1)))
+    vari = _per_channel_sum(sym.square(xc), ones_pre, ones_post, sym, shape3) / m
+    invstd = sym.rsqrt(vari + eps)
+    scale = gamma.reshape((1, C)) * invstd
+    return normalize_per_channel(xc, scale, beta, broadcast=True), xc, mean, vari, invstd, scale
+
+
+def _scratch_backward(dY3, xc, invstd, scale, ones_pre, ones_post, needs, shape3):
+    """_ScratchBatchNorm's backward on Symbols: the gradients of (X3, gamma, beta) that ``needs`` asks for."""
+    pre, C, post = shape3
+    m = pre * post
+    need_dX, need_dgamma, need_dbeta = needs
+    sum_dy = _per_channel_sum(dY3, ones_pre, ones_post, sym, shape3)           # dbeta, (1, C)
+    sum_dy_xc = _per_channel_sum(dY3 * xc, ones_pre, ones_post, sym, shape3)   # (1, C)
+    grads = []
+    if need_dX:  # e.g. not for BN on the input of a net, or on frozen features
+        k_xc = -(scale * sym.square(invstd) * sum_dy_xc / m).reshape((1, C, 1))
+        k_0 = -(scale * sum_dy / m).reshape((1, C, 1))
+        grads.append(sym.broadcast_add(
+            sym.broadcast_add(sym.broadcast_mul(dY3, scale.reshape((1, C, 1))), sym.broadcast_mul(xc, k_xc)), k_0))
+    if need_dgamma:
+        grads.append((invstd * sum_dy_xc).reshape((C,)))
+    if need_dbeta:
+        grads.append(sum_dy.reshape((C,)))
+    return tuple(grads)
+
+
+def _scratch_ones(shape3, ctx, dtype):
+    """The (1, pre) and (post, 1) ones vectors of the scratch path's GEMV sums, made once per kind (the
+    second is unused when post is 1, and then (1, 1))."""
+    pre, _, post = shape3
+    key = (pre, post, ctx, dtype_name(dtype))
+    if key not in _SCRATCH_ONES:
+        _SCRATCH_ONES[key] = (nd.ones((1, pre), ctx=ctx, dtype=dtype), nd.ones((post, 1), ctx=ctx, dtype=dtype))
+    return _SCRATCH_ONES[key]
 
 
 def _batch_norm_train_scratch(X, gamma, beta, eps, ax):
@@ -408,22 +436,30 @@ def _batch_norm_train_scratch(X, gamma, beta, eps, ax):
     return Y3.reshape(X.shape), mean, vari
 
 
+def fused_kernel(X, gamma, beta, scratch_mean, scratch_vari, eps, ax, stat_dtype):
+    """(Y, batch mean, biased batch variance) by MXNet's fused BatchNorm kernel, on Symbols: traced by
+    mxbn.jit, or inside the cached graph of an imperative call (``_batch_norm_train_fused``)."""
+    # Scratch aux states: the kernel updates its aux arrays itself (on the CPU during backward, with cuDNN in
+    # forward and unbiased); giving it throwaway arrays keeps the user's moving statistics under mxbn's
+    # single rule.
+    out = sym.BatchNorm(X, gamma, beta, scratch_mean, scratch_vari, eps=eps, momentum=0.0, fix_gamma=False,
+                        use_global_stats=False, output_mean_var=True, axis=ax)
+    return out[0], out[1], variance_from_invstd(out[2], eps, stat_dtype)
+
+
 def _batch_norm_train_fused(X, gamma, beta, eps, ax):
-    """MXNet's fused kernel for the arithmetic; returns (Y, batch mean, biased var)."""
-    # Scratch aux states: the kernel updates its aux arrays itself (on the CPU
-    # during backward, with cuDNN in forward and unbiased); giving it throwaway
-    # arrays keeps the user's moving statistics under mxbn's single rule.
-    scratch_mean, scratch_vari = _scratch_aux(X.shape[ax], X.context, gamma.dtype)
-    # The kernel picks batch vs. moving statistics from autograd's global
-    # train flag; pin it so the explicit is_training argument is what counts.
+    """(Y, batch mean, biased var) of one (ghost) batch: fused_kernel on NDArrays as one cached graph, which
+    autograd differentiates as a whole."""
+    stat_dtype = dtype_name(gamma.dtype)
+    shape, ctx = X.shape, X.context
+    scratch = _scratch_aux(shape[ax], ctx, stat_dtype)
+    # The kernel picks batch vs. moving statistics from autograd's global train flag; pin it so the explicit
+    # is_training argument is what counts.
     with autograd.train_mode():
-        Y, mean, invstd = nd.BatchNorm(
-            X, gamma, beta, scratch_mean, scratch_vari, eps=eps, momentum=0.0,
-            fix_gamma=False, use_global_stats=False, output_mean_var=True, axis=ax)
-    with autograd.pause():
-        vari = graph_call(("variance_from_invstd", eps, dtype_name(gamma.dtype)),
-                          lambda inv: variance_from_invstd(inv, eps, dtype_name(gamma.dtype)), invstd)
-    return Y, mean, vari
+        # every other array is (C,) on X's context (checked), so X's shape and context are the signature
+        return graph_call(("fused_kernel", eps, ax, stat_dtype),
+                          lambda *arrays: fused_kernel(*arrays, eps, ax, stat_dtype), X, gamma, beta, *scratch,
+                          signature=(ctx, shape))
 
 
 def variance_from_invstd(invstd, eps, stat_dtype):
@@ -439,6 +475,7 @@ def variance_from_invstd(invstd, eps, stat_dtype):
 # batch.  The aux arrays are made once per (C, context, dtype), and each piece of arithmetic runs as one
 # CachedOp built from the same function the traced path uses.
 _SCRATCH_AUX = {}
+_SCRATCH_ONES = {}
 _GRAPHS = {}
 
 
@@ -451,12 +488,14 @@ def _scratch_aux(C, ctx, dtype):
     return _SCRATCH_AUX[key]
 
 
-def graph_call(key, fn, *arrays):
+def graph_call(key, fn, *arrays, signature=None):
     """``fn(*arrays)`` for NDArrays, run as one CachedOp: ``fn`` is traced on Symbols once per ``key`` (which
     must name everything ``fn`` depends on besides its arguments) and per shapes and context of the arrays,
     so that the graph's memory is planned once (static_alloc/static_shape: 70 us a call instead of 110).
-    A tuple result gives a list of new arrays."""
-    full_key = (key, arrays[0].context) + tuple(a.shape for a in arrays)
+    ``signature``: what determines the context and every array's shape, when the caller knows it (reading
+    them costs ~3 us an array).  A tuple result gives a list of new arrays."""
+    full_key = (key,) + (signature if signature is not None else
+                         (arrays[0].context,) + tuple(a.shape for a in arrays))
     entry = _GRAPHS.get(full_key)
     if entry is None:
         inputs = [sym.var(f"arg{i}") for i in range(len(arrays))]
@@ -467,7 +506,9 @@ def graph_call(key, fn, *arrays):
         entry = _GRAPHS[full_key] = (op, order, isinstance(out, tuple))
     op, order, several = entry
     result = op(*[arrays[i] for i in order])
-    return list(result) if several else result
+    if several:  # a CachedOp with one output returns the array itself, not a list of one
+        return result if isinstance(result, list) else [result]
+    return result
 
 
 def _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax):
@@ -489,11 +530,14 @@ def _batch_norm_inference(X, gamma, beta, moving_mean, moving_vari, eps, ax):
     return Y3.reshape(shape)
 
 
+_FLOAT64_TINY = float(np.finfo(np.float64).tiny)   # read once: numpy's finfo costs ~10 us a call
+
+
 def _momentum_weights(momentum):
     """(weight of the old moving value, weight of the batch statistic)."""
     # MXNet parses scalar arguments from text and rejects double subnormals
     # (momentum=1e-313 raised "Out of range value"); they are 0 to any precision.
-    keep = float(momentum) if momentum >= np.finfo(np.float64).tiny else 0.0
+    keep = float(momentum) if momentum >= _FLOAT64_TINY else 0.0
     return keep, 1.0 - keep
 
 
@@ -543,9 +587,7 @@ def set_traced_stats(trace, state, mean, vari, momentum, op):
     now = [trace.current_value(moving_mean, op, "moving_mean"), trace.current_value(moving_vari, op, "moving_vari")]
     if momentum is None:
         now.append(trace.current_value(num_batches, op, "num_batches"))
-        new = cumulative_stats_rule(*now, mean, vari)
-    else:
-        new = moving_stats_rule(*now, mean, vari, momentum)
+    new = new_moving_stats(now, mean, vari, momentum)
     for array, value, role in zip(state, new, ("moving_mean", "moving_vari", "num_batches")):
         trace.set_state(array, sym.BlockGrad(value), op, role)
 
@@ -570,9 +612,7 @@ def _batch_norm_train_fused_traced(trace, X, gamma, beta, eps, ax, stat_dtype):
     scratch_mean = trace.scratch_var("bn_mean", (C,), stat_dtype, 0.0)
     scratch_vari = trace.scratch_var("bn_vari", (C,), stat_dtype, 1.0)
     trace.needs_train_mode = True  # the kernel takes batch statistics only under autograd's train flag
-    out = sym.BatchNorm(X, gamma, beta, scratch_mean, scratch_vari, eps=eps, momentum=0.0, fix_gamma=False,
-                        use_global_stats=False, output_mean_var=True, axis=ax)
-    return out[0], out[1], variance_from_invstd(out[2], eps, stat_dtype)
+    return fused_kernel(X, gamma, beta, scratch_mean, scratch_vari, eps, ax, stat_dtype)
 
 
 def _batch_norm_train_scratch_traced(trace, X, gamma, beta, eps, ax, stat_dtype):
@@ -659,24 +699,32 @@ def cumulative_stats_rule(moving_mean, moving_vari, num_batches, mean, vari):
     return new_mean, new_vari, ops.where(finite.slice_axis(axis=0, begin=0, end=1), count, num_batches)
 
 
+def new_moving_stats(now, mean, vari, momentum):
+    """The new values of the state ``now`` = (moving_mean, moving_vari) after a batch with statistics ``mean``,
+    ``vari``: moving_stats_rule; with momentum None ``now`` ends with num_batches and cumulative_stats_rule
+    gives it too.  NDArrays or Symbols."""
+    if momentum is None:
+        return cumulative_stats_rule(*now, mean, vari)
+    return moving_stats_rule(*now, mean, vari, momentum)
+
+
+def _rule_key(momentum):
+    """What the moving-statistics rule of ``momentum`` depends on: the rule's weights, or None (cumulative)."""
+    return None if momentum is None else _momentum_weights(momentum)
+
+
 def update_moving_stats(moving_mean, moving_vari, mean, vari, momentum, num_batches=None):
     """The moving statistics (and with momentum=None the counter) updated in place, outside the graph, by
     moving_stats_rule or cumulative_stats_rule."""
+    state = (moving_mean, moving_vari) + ((num_batches,) if momentum is None else ())
     with autograd.pause():
-        mean, vari = mean.detach(), vari.detach()
-        if momentum is None:
-            new_mean, new_vari, new_count = graph_call(("cumulative_stats_rule",), cumulative_stats_rule,
-                                                       moving_mean, moving_vari, num_batches, mean, vari)
-            nd.identity(new_count, out=num_batches)
-        else:
-            new_mean, new_vari = graph_call(
-                ("moving_stats_rule", _momentum_weights(momentum)),
-                lambda mm, mv, m, v: moving_stats_rule(mm, mv, m, v, momentum), moving_mean, moving_vari, mean,
-                vari)
+        new = graph_call(("moving_stats", _rule_key(momentum)),
+                         lambda *now_and_batch: new_moving_stats(now_and_batch[:-2], *now_and_batch[-2:], momentum),
+                         *state, mean.detach(), vari.detach())
         # identity into the state: one op either way, but `[:] =` costs ~0.2 ms of Python per call and
         # copyto ~35 us more than this
-        nd.identity(new_mean, out=moving_mean)
-        nd.identity(new_vari, out=moving_vari)
+        for array, value in zip(state, new):
+            nd.identity(value, out=array)
 
 
 # Batch statistics seen by imperative training calls, for mxbn.precise_bn: while a recorder is open every

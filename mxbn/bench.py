@@ -24,15 +24,19 @@ from mxnet import autograd, nd
 
 __all__ = ["lenet_training_flops", "cpu_peak_gflops",
            "median_ms", "op_inputs", "mxbn_ops", "time_op", "step_breakdown", "synthetic_batches", "time_steps",
-           "time_trainer_step", "time_mxbn_variant", "bench_pipeline", "OP_SHAPES", "MXBN_VARIANTS", "TRAIN_IMAGES"]
+           "time_trainer_step", "time_mxbn_variant", "bench_pipeline", "OP_SHAPES", "MXBN_VARIANTS", "BLOCK_CHANNELS",
+           "TRAIN_IMAGES"]
 
 # LeNet's activations at batch 128 and a 2-D (dense) case.
 OP_SHAPES = [(128, 20, 24, 24), (128, 50, 10, 10), (128, 128)]
 # mxbn's LeNet variants.  "-2dev": data parallel over two devices of the kind
 # (cpu:0,cpu:1 on a CPU), the batch split in halves; "-no-pass": mxbn.jit without its layout pass;
 # "mxbn-static-scratch": batch_norm's scratch path in the graph (against "mxbn-scratch", imperative).
+# "-c16": LeNet with 16 and 32 channels, widths that are already multiples of oneDNN's block (against
+# "gluon-hybrid-c16", the same layers in Gluon): a user's net the layout pass does not need to pad.
 MXBN_VARIANTS = ["mxbn-static", "mxbn-static-no-pass", "mxbn-static-scratch", "mxbn-fused", "mxbn-scratch", "no-bn",
-                 "mxbn-static-2dev", "mxbn-sync-2dev"]
+                 "mxbn-static-2dev", "mxbn-sync-2dev", "mxbn-static-c16"]
+BLOCK_CHANNELS = (16, 32)
 TRAIN_IMAGES = 60000  # Fashion-MNIST training set, for seconds per epoch
 
 
@@ -239,7 +243,8 @@ def time_mxbn_variant(variant, ctx, batches, lr, steps, warmup):
         raise ValueError(f"unknown mxbn variant {variant!r}; expected one of {MXBN_VARIANTS}")
     if variant.endswith("-2dev"):
         return _time_data_parallel(ctx, variant, batches, lr, steps, warmup)
-    params, state = lenet_params(ctx, use_bn=variant != "no-bn", seed=0)
+    params, state = lenet_params(ctx, use_bn=variant != "no-bn", seed=0,
+                                 channels=BLOCK_CHANNELS if variant.endswith("-c16") else None)
     if variant.startswith("mxbn-static"):
         impl = "scratch" if variant == "mxbn-static-scratch" else "fused"
         net = jit(functools.partial(lenet, bn_impl=impl), layout_pass=variant != "mxbn-static-no-pass")

@@ -25,7 +25,8 @@ ACTIVATIONS = {"relu": F.relu, "sigmoid": F.sigmoid, "tanh": F.tanh}
 # -> max-pool 2 -> flatten -> dense 128 -> ReLU -> dense 10, on 1x28x28 images.
 LENET_CONV = ((20, 1, 5), (50, 20, 3))      # (out channels, in channels, kernel)
 LENET_HIDDEN = 128
-LENET_FLAT = 50 * 5 * 5                      # 28 -5+1=24 -pool-> 12 -3+1=10 -pool-> 5
+LENET_MAP = 5 * 5                            # 28 -5+1=24 -pool-> 12 -3+1=10 -pool-> 5
+LENET_FLAT = LENET_CONV[-1][0] * LENET_MAP
 NUM_CLASSES = 10
 
 
@@ -85,7 +86,20 @@ def norm_of(params, i):
     return next((kind for kind in NORMS[:-1] if f"{kind}{i}_gamma" in params), None)
 
 
-def lenet_params(ctx, use_bn=True, init="normal", seed=0, init_scale=I.DEFAULT_NORMAL_SCALE, norm=None):
+def _lenet_conv_shapes(channels):
+    """LENET_CONV with the two convolutions' output channels replaced by ``channels`` (None: as they are)."""
+    if channels is None:
+        return LENET_CONV
+    if (not isinstance(channels, (tuple, list)) or len(channels) != len(LENET_CONV)
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)):
+        raise ValueError(f"channels must be {len(LENET_CONV)} positive ints (the convolutions' output channels), "
+                         f"got {channels!r}")
+    in_channels = (LENET_CONV[0][1],) + tuple(channels[:-1])
+    return tuple((out_c, in_c, k) for out_c, in_c, (_, _, k) in zip(channels, in_channels, LENET_CONV))
+
+
+def lenet_params(ctx, use_bn=True, init="normal", seed=0, init_scale=I.DEFAULT_NORMAL_SCALE, norm=None,
+                 channels=None):
     """Parameters and normalization state of the tutorial's LeNet.
 
     Parameters
@@ -100,17 +114,21 @@ def lenet_params(ctx, use_bn=True, init="normal", seed=0, init_scale=I.DEFAULT_N
     init : {"normal", "xavier", "he"}, default "normal"
         Weight initializer; "normal" uses ``init_scale`` (the tutorial's 0.01).
     seed : int or np.random.Generator, default 0
+    channels : (int, int) or None
+        Output channels of the two convolutions (None: the tutorial's 20 and 50).  ``lenet`` reads every
+        width from the parameters, so the same forward serves a wider or narrower LeNet.
     """
     norm = _norm_name(use_bn, norm)
+    conv = _lenet_conv_shapes(channels)
     rng = I.as_rng(seed)
     params, state = {}, {}
-    for i, (out_c, in_c, k) in enumerate(LENET_CONV, start=1):
+    for i, (out_c, in_c, k) in enumerate(conv, start=1):
         params[f"conv{i}_weight"] = I.weight(init, (out_c, in_c, k, k), ctx, rng, init_scale)
         if norm != "none":
             _add_norm(params, state, norm, i, out_c, ctx)
         else:
             params[f"conv{i}_bias"] = I.zeros((out_c,), ctx)
-    params["fc1_weight"] = I.weight(init, (LENET_HIDDEN, LENET_FLAT), ctx, rng, init_scale)
+    params["fc1_weight"] = I.weight(init, (LENET_HIDDEN, conv[-1][0] * LENET_MAP), ctx, rng, init_scale)
     params["fc1_bias"] = I.zeros((LENET_HIDDEN,), ctx)
     params["fc2_weight"] = I.weight(init, (NUM_CLASSES, LENET_HIDDEN), ctx, rng, init_scale)
     params["fc2_bias"] = I.zeros((NUM_CLASSES,), ctx)

@@ -3,6 +3,7 @@
 
     python scripts/bench.py                  # full run: table on stdout, JSON in --json
     python scripts/bench.py --quick          # seconds, for smoke tests
+    python scripts/bench.py --ops            # batch_norm against nd.BatchNorm alone (interleaved rounds)
     python scripts/bench.py --breakdown      # where one default training step's time goes
     python scripts/bench.py --sweep 32,64,128,256,512   # images/s against batch size, with GFLOP/s
 
@@ -22,7 +23,8 @@ import mxbn  # noqa: E402,F401  (thread defaults before mxnet loads)
 from mxbn.atomic import atomic_write_json  # noqa: E402
 from mxbn.bench import step_breakdown  # noqa: E402
 from mxbn.context import ContextError  # noqa: E402
-from bench_peers.suite import SWEEP_IMAGES, format_sweep, format_table, run_bench, run_sweep  # noqa: E402
+from bench_peers.suite import (SWEEP_IMAGES, format_ops, format_sweep, format_table, run_bench, run_ops,  # noqa: E402
+                               run_sweep)
 
 
 def batch_sizes(text):
@@ -44,6 +46,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved rounds of the model-level variants (median reported)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: checks that it runs")
+    p.add_argument("--ops", action="store_true",
+                   help="only batch_norm (fused, scratch) against nd.BatchNorm at LeNet's shapes and a 2-D one")
     p.add_argument("--breakdown", action="store_true",
                    help="only the per-layer/per-part timing of one default training step")
     p.add_argument("--sweep", type=batch_sizes, metavar="SIZES",
@@ -56,6 +60,13 @@ def main(argv=None):
         from mxbn.context import resolve_context
         for part, ms in step_breakdown(resolve_context(a.ctx), a.batch_size, a.repeat):
             print(f"{part:<72}{ms:>9.3f} ms")
+        return 0
+    if a.ops:
+        result = run_ops(a.ctx, a.repeat, a.quick, log=lambda m: print(m, file=sys.stderr))
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        atomic_write_json(a.json, result)
+        print("\n".join(format_ops(result["ops"])))
+        print(f"\n(JSON: {a.json})")
         return 0
     if a.sweep:
         result = run_sweep(a.sweep, "gpu" if a.ctx.startswith("gpu") else "cpu", a.rounds,

@@ -64,3 +64,32 @@ def test_the_peak_is_derived_from_the_cpu_it_names(tmp_path):
     assert cpu_peak_gflops(str(intel), cores=2) == (256.0, "2 cores x 2000 MHz x 64 FLOP/cycle")
     assert cpu_peak_gflops(str(amd), cores=2)[0] == 128.0
     assert cpu_peak_gflops(str(tmp_path / "none"))[0] is None
+
+
+def test_the_gluon_peer_is_mxbn_lenet_at_the_same_widths():
+    """The "-c16" pair (and the default pair) compare the same function: Gluon's layers given mxbn's
+    parameters give mxbn's logits in training mode."""
+    import mxnet as mx
+    import numpy as np
+    from mxnet import autograd, nd
+    from bench_peers.mxnet_peers import gluon_lenet
+    from mxbn.bench import BLOCK_CHANNELS
+    from mxbn.models import lenet, lenet_params
+    X = nd.array(np.random.default_rng(0).normal(size=(4, 1, 28, 28)))
+    for channels in (None, BLOCK_CHANNELS):
+        params, state = lenet_params(mx.cpu(), seed=1, channels=channels)
+        net = gluon_lenet(*(() if channels is None else (channels,)))
+        net.initialize()
+        net(X)
+        ours = [params[k] for k in ("conv1_weight", "bn1_gamma", "bn1_beta")] + [state["bn1_moving_mean"],
+                state["bn1_moving_vari"]] + [params[k] for k in ("conv2_weight", "bn2_gamma", "bn2_beta")] + [
+                state["bn2_moving_mean"], state["bn2_moving_vari"]] + [
+                params[k] for k in ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")]
+        theirs = list(net.collect_params().values())
+        assert [p.shape for p in theirs] == [a.shape for a in ours]
+        for p, a in zip(theirs, ours):
+            p.set_data(a)
+        with autograd.record():
+            expected = net(X)
+        got = lenet(params, state, X, is_training=True)
+        np.testing.assert_allclose(got.asnumpy(), expected.asnumpy(), rtol=1e-4, atol=1e-6)

@@ -305,3 +305,24 @@ def test_write_gradient_follows_each_request():
         write_gradient(buffer, None, 1)
     with pytest.raises(ValueError, match="unknown gradient request 7"):
         write_gradient(buffer, nd.ones(2), 7)
+
+
+@pytest.mark.parametrize("momentum", [0.9, None])
+@pytest.mark.parametrize("impl", mxbn.BATCH_NORM_IMPLS)
+def test_moving_statistics_with_gradients_attached_get_none(impl, momentum):
+    """The moving statistics are state, not inputs of the function: gradient buffers a user attached to them
+    (or to the cumulative counter) are left as they were by a training call's backward."""
+    X = nd.array(np.random.default_rng(3).normal(size=(8, 3, 4, 4)))
+    X.attach_grad()
+    gamma, beta, mm, mv = nd.ones(3), nd.zeros(3), nd.zeros(3), nd.ones(3)
+    count = nd.zeros((1,)) if momentum is None else None
+    state = [mm, mv] + ([count] if count is not None else [])
+    for a in [gamma, beta] + state:
+        a.attach_grad()
+    for a in state:
+        a.grad[:] = 7
+    with autograd.record():
+        Y = mxbn.batch_norm(X, gamma, beta, True, mm, mv, momentum=momentum, impl=impl, num_batches=count)
+    Y.backward()
+    for a in state:
+        np.testing.assert_array_equal(a.grad.asnumpy(), 7)

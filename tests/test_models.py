@@ -72,3 +72,20 @@ def test_mlp_layers_taps_are_the_affine_and_the_activation_input():
         hidden1 = 1 / (1 + np.exp(-taps[0][2].asnumpy().astype(np.float64)))
         np.testing.assert_allclose(taps[1][1].asnumpy(), hidden1 @ p["fc2_weight"].T + p["fc2_bias"],
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_lenet_of_other_widths_runs_through_the_same_forward():
+    params, state = models.lenet_params(mx.cpu(), channels=(16, 32))
+    assert params["conv1_weight"].shape == (16, 1, 5, 5) and params["conv2_weight"].shape == (32, 16, 3, 3)
+    assert params["fc1_weight"].shape == (128, 32 * 5 * 5) and state["bn2_moving_mean"].shape == (32,)
+    logits = models.lenet(params, state, nd.ones((2, 1, 28, 28)), is_training=True)
+    assert logits.shape == (2, 10)
+    default, _ = models.lenet_params(mx.cpu())
+    assert {k: v.shape for k, v in default.items()} == \
+        {k: v.shape for k, v in models.lenet_params(mx.cpu(), channels=(20, 50))[0].items()}
+
+
+@pytest.mark.parametrize("channels", [(16,), (16, 0), (16.0, 32), "16,32", (True, 32)])
+def test_lenet_widths_that_are_not_two_positive_ints_are_refused(channels):
+    with pytest.raises(ValueError, match=r"channels must be 2 positive ints .* got"):
+        models.lenet_params(mx.cpu(), channels=channels)

@@ -3,10 +3,11 @@ and the 2017 tutorial's composed batch norm (reference timings only)."""
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-from mxbn.bench import time_steps, time_trainer_step
-from mxbn.models import LENET_BLOCKS, lenet_conv, lenet_head, lenet_params, lenet_pool
+from mxbn.bench import BLOCK_CHANNELS, time_steps, time_trainer_step
+from mxbn.models import LENET_BLOCKS, LENET_CONV, lenet_conv, lenet_head, lenet_params, lenet_pool
 
-PEER_VARIANTS = ["nd.BatchNorm", "gluon-hybrid"]
+PEER_VARIANTS = ["nd.BatchNorm", "gluon-hybrid", "gluon-hybrid-c16"]
+LENET_CHANNELS = tuple(out_c for out_c, _, _ in LENET_CONV)
 
 
 def tutorial_batch_norm(X, gamma, beta, is_training, moving_mean, moving_vari, eps=1e-5, momentum=0.9):
@@ -57,18 +58,19 @@ def raw_nd_batchnorm_lenet(params, state, X, is_training):
     return lenet_head(params, H)
 
 
-def gluon_lenet():
+def gluon_lenet(channels=LENET_CHANNELS):
+    """mxbn's LeNet (models.lenet_params with these conv widths) as Gluon layers."""
     from mxnet.gluon import nn
     net = nn.HybridSequential()
-    net.add(nn.Conv2D(20, kernel_size=5, use_bias=False), nn.BatchNorm(), nn.Activation("relu"),
-            nn.MaxPool2D(2, 2), nn.Conv2D(50, kernel_size=3, use_bias=False), nn.BatchNorm(),
+    net.add(nn.Conv2D(channels[0], kernel_size=5, use_bias=False), nn.BatchNorm(), nn.Activation("relu"),
+            nn.MaxPool2D(2, 2), nn.Conv2D(channels[1], kernel_size=3, use_bias=False), nn.BatchNorm(),
             nn.Activation("relu"), nn.MaxPool2D(2, 2), nn.Flatten(), nn.Dense(128, activation="relu"),
             nn.Dense(10))
     return net
 
 
-def time_gluon(ctx, batches, batch_size, lr, steps, warmup):
-    net = gluon_lenet()
+def time_gluon(ctx, batches, batch_size, lr, steps, warmup, channels=LENET_CHANNELS):
+    net = gluon_lenet(channels)
     net.initialize(mx.init.Normal(0.01), ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
@@ -87,6 +89,8 @@ def time_peer_variant(variant, ctx, batches, batch_size, lr, steps, warmup):
     """Seconds for ``steps`` training steps of one of PEER_VARIANTS."""
     if variant == "gluon-hybrid":
         return time_gluon(ctx, batches, batch_size, lr, steps, warmup)
+    if variant == "gluon-hybrid-c16":
+        return time_gluon(ctx, batches, batch_size, lr, steps, warmup, BLOCK_CHANNELS)
     if variant == "nd.BatchNorm":
         params, state = lenet_params(ctx, seed=0)
         return time_trainer_step(raw_nd_batchnorm_lenet, params, state, batches, lr, steps, warmup)

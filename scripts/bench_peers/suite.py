@@ -11,29 +11,41 @@ import numpy as np
 import mxnet as mx
 
 from mxbn import _runtime
-from mxbn.bench import MXBN_VARIANTS, OP_SHAPES, bench_pipeline, mxbn_ops, op_inputs, time_op
+from mxbn.bench import BLOCK_CHANNELS, MXBN_VARIANTS, OP_SHAPES, bench_pipeline, mxbn_ops, op_inputs, time_op
 
 from bench_peers.mxnet_peers import PEER_VARIANTS, peer_ops
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the row order of the table
 MODEL_VARIANTS = ["mxbn-static", "mxbn-static-no-pass", "mxbn-static-scratch", "mxbn-fused", "mxbn-scratch",
-                  "nd.BatchNorm", "gluon-hybrid", "no-bn", "mxbn-static-2dev", "mxbn-sync-2dev", "torch-eager"]
+                  "nd.BatchNorm", "gluon-hybrid", "no-bn", "mxbn-static-2dev", "mxbn-sync-2dev", "mxbn-static-c16",
+                  "gluon-hybrid-c16", "torch-eager"]
 assert set(MODEL_VARIANTS) == set(MXBN_VARIANTS + PEER_VARIANTS + ["torch-eager"])
 HEADLINE = "gluon-hybrid"
 
 
-def bench_ops(ctx, repeat, shapes=OP_SHAPES, include_tutorial=True):
-    """Rows: shape, implementation, ms for training fwd+bwd and for inference forward."""
+OP_ROUNDS = 5   # interleaved rounds at op level: one op's time moves by +-20 % over minutes on a shared machine
+
+
+def bench_ops(ctx, repeat, shapes=OP_SHAPES, include_tutorial=True, rounds=OP_ROUNDS):
+    """Rows: shape, implementation, ms for training fwd+bwd and for inference forward: the median over
+    ``rounds`` rounds that each time every implementation (``repeat`` calls, their median), interleaved so
+    that the ratios between implementations are taken at the same moments."""
     rows = []
     rng = np.random.default_rng(0)
     for shape in shapes:
         inputs = op_inputs(shape, ctx, rng)
-        for name, op in mxbn_ops(inputs) + peer_ops(inputs, include_tutorial):
-            # the composed reference is ~40x slower: fewer repeats keep the run short
-            reps = max(3, repeat // 5) if name == "tutorial composed" else repeat
-            train_ms, infer_ms = time_op(op, inputs["dY"], reps)
-            rows.append(dict(shape="x".join(map(str, shape)), impl=name, train_ms=train_ms, infer_ms=infer_ms))
+        ops = mxbn_ops(inputs) + peer_ops(inputs, include_tutorial)
+        times = {name: [] for name, _ in ops}
+        for _ in range(rounds):
+            for name, op in ops:
+                # the composed reference is ~40x slower: fewer repeats keep the run short
+                reps = max(3, repeat // 5) if name == "tutorial composed" else repeat
+                times[name].append(time_op(op, inputs["dY"], reps))
+        for name, _ in ops:
+            train_ms, infer_ms = (float(np.median([t[i] for t in times[name]])) for i in (0, 1))
+            rows.append(dict(shape="x".join(map(str, shape)), impl=name, train_ms=train_ms, infer_ms=infer_ms,
+                             train_ms_all=[t[0] for t in times[name]]))
     return rows
 
 
@@ -92,7 +104,7 @@ def run_bench(ctx_spec="cpu", batch_size=128, repeat=20, quick=False, model_roun
         repeat, steps, warmup = 3, 3, 1
         shapes = [(16, 20, 24, 24), (16, 128)]
     log(f"op level: {len(shapes)} shapes x {repeat} repeats on {ctx}")
-    ops = bench_ops(ctx, repeat, shapes, include_tutorial=not quick)
+    ops = bench_ops(ctx, repeat, shapes, include_tutorial=not quick, rounds=1 if quick else OP_ROUNDS)
     variants = [v for v in MODEL_VARIANTS if v != "torch-eager" or torch_available()]
     rounds = 1 if quick else model_rounds
     models = interleaved_medians(variants, rounds, "gpu" if ctx.device_type == "gpu" else "cpu", batch_size, steps,
@@ -115,15 +127,33 @@ def run_bench(ctx_spec="cpu", batch_size=128, repeat=20, quick=False, model_roun
         torch_available=torch_available())
 
 
+def run_ops(ctx_spec="cpu", repeat=20, quick=False, log=print):
+    """The op level alone (bench_ops at OP_SHAPES, the tutorial's composed op left out): a JSON-able dict."""
+    from mxbn.context import resolve_context
+    ctx = resolve_context(ctx_spec, warn=log)
+    shapes, rounds = ([(16, 20, 24, 24), (16, 128)], 1) if quick else (OP_SHAPES, OP_ROUNDS)
+    log(f"op level: {len(shapes)} shapes x {rounds} interleaved rounds x {repeat} repeats on {ctx}")
+    return dict(context=str(ctx), mxnet=mx.__version__, threads=_runtime.thread_settings(), rounds=rounds,
+                ops=bench_ops(ctx, repeat, shapes, include_tutorial=False, rounds=rounds))
+
+
+def format_ops(ops):
+    """Lines of the op-level table: every implementation's ms and its ratio to nd.BatchNorm of the shape."""
+    lines = [f"{'shape':<16}{'implementation':<20}{'train fwd+bwd ms':>18}{'infer fwd ms':>14}{'train vs nd':>13}"]
+    base = {r["shape"]: r for r in ops if r["impl"] == "nd.BatchNorm"}
+    fused = {r["shape"]: r for r in ops if r["impl"] == "mxbn fused"}
+    for r in ops:
+        ratio = r["train_ms"] / base[r["shape"]]["train_ms"]
+        lines.append(f"{r['shape']:<16}{r['impl']:<20}{r['train_ms']:>18.3f}{r['infer_ms']:>14.3f}{ratio:>12.2f}x"
+                     + (f"  ({r['train_ms'] / fused[r['shape']]['train_ms']:.2f}x fused)"
+                        if r["impl"] == "mxbn scratch" else ""))
+    return lines
+
+
 def format_table(result):
     """Plain-text tables of a run_bench result."""
     lines = [f"context {result['context']}, batch {result['batch_size']}, mxnet {result['mxnet']}, "
-             f"threads {result['threads']['in_force']}", "",
-             f"{'shape':<16}{'implementation':<20}{'train fwd+bwd ms':>18}{'infer fwd ms':>14}{'train vs nd':>13}"]
-    base = {r["shape"]: r for r in result["ops"] if r["impl"] == "nd.BatchNorm"}
-    for r in result["ops"]:
-        ratio = r["train_ms"] / base[r["shape"]]["train_ms"]
-        lines.append(f"{r['shape']:<16}{r['impl']:<20}{r['train_ms']:>18.3f}{r['infer_ms']:>14.3f}{ratio:>12.2f}x")
+             f"threads {result['threads']['in_force']}", ""] + format_ops(result["ops"])
     lines += ["", f"LeNet training, median of {result.get('model_rounds', 1)} interleaved round(s)",
               f"{'LeNet variant':<22}{'images/s':>10}{'ms/step':>10}{'s/epoch':>10}{'peak RSS MB':>13}"
               f"{'vs gluon':>10}  all rounds (img/s)"]
@@ -145,6 +175,10 @@ def format_table(result):
     if "mxbn-static-scratch" in by_name and "mxbn-scratch" in by_name:
         ratio = by_name["mxbn-static-scratch"]["images_per_sec"] / by_name["mxbn-scratch"]["images_per_sec"]
         lines.append(f"impl='scratch' in one graph (mxbn-static-scratch) vs imperatively (mxbn-scratch): {ratio:.2f}x")
+    if "mxbn-static-c16" in by_name and "gluon-hybrid-c16" in by_name:
+        ratio = by_name["mxbn-static-c16"]["images_per_sec"] / by_name["gluon-hybrid-c16"]["images_per_sec"]
+        lines.append(f"LeNet with {BLOCK_CHANNELS[0]}/{BLOCK_CHANNELS[1]} channels (no padding needed) through "
+                     f"mxbn.jit vs the same layers in Gluon hybridized: {ratio:.2f}x")
     p = result["pipeline"]
     frac = p["fraction_of_mxbn_epoch"]
     lines += ["", f"input pipeline alone: {p['seconds_per_epoch']:.3f} s per epoch"
