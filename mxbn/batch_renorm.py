@@ -61,8 +61,7 @@ def batch_renorm(X, gamma, beta, is_training, moving_mean, moving_vari, r_max=3.
     limits = [float(v) if is_real(v) else constant(v) for v in (r_max, d_max)]
     Y, mean, vari = _renormalized(X, gamma, beta, constant(mean_now), constant(vari_now), *limits, eps, ax, trace)
     if traced:
-        set_traced_stats(trace, (moving_mean, moving_vari, None), sym.BlockGrad(mean), sym.BlockGrad(vari),
-                         momentum, op)
+        set_traced_stats(trace, (moving_mean, moving_vari, None), mean, vari, momentum, op)
     else:
         record_batch_stats(moving_mean, moving_vari, mean, vari, X.size // X.shape[ax])
         update_moving_stats(moving_mean, moving_vari, mean, vari, momentum)

@@ -9,6 +9,7 @@ from mxnet import autograd, nd, sym
 from mxnet.base import NotImplementedForSymbol
 
 from . import layout, tracing
+from ._arrays import dtype_name
 from .tracing import TracingError
 
 __all__ = ["jit", "Jitted", "TracingError", "unjitted", "jit_like"]
@@ -243,7 +244,7 @@ class Jitted:
         ctx = self._context(leaves)
         returns_np = any(isinstance(array, mx.numpy.ndarray) for _, array in leaves)
         aliases = _aliases(leaves)
-        key = (structure, tuple((a.shape, np.dtype(a.dtype).name) for _, a in leaves), ctx, aliases)
+        key = (structure, tuple((a.shape, dtype_name(a.dtype)) for _, a in leaves), ctx, aliases)
         compiled = self._cache.get(key)
         if compiled is None:
             compiled = self._cache[key] = self._trace(structure, leaves, aliases, ctx)
