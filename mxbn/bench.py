@@ -24,8 +24,8 @@ from mxnet import autograd, nd
 
 __all__ = ["lenet_training_flops", "cpu_peak_gflops",
            "median_ms", "op_inputs", "mxbn_ops", "time_op", "step_breakdown", "synthetic_batches", "time_steps",
-           "time_trainer_step", "time_mxbn_variant", "bench_pipeline", "OP_SHAPES", "MXBN_VARIANTS", "BLOCK_CHANNELS",
-           "TRAIN_IMAGES"]
+           "time_trainer_step", "time_mxbn_variant", "bench_pipeline", "OP_SHAPES", "KERNEL_ONLY", "MXBN_VARIANTS",
+           "BLOCK_CHANNELS", "TRAIN_IMAGES"]
 
 # LeNet's activations at batch 128 and a 2-D (dense) case.
 OP_SHAPES = [(128, 20, 24, 24), (128, 50, 10, 10), (128, 128)]
@@ -100,23 +100,36 @@ def op_inputs(shape, ctx, rng):
     return inputs
 
 
+# A diagnostic row of the op level: the cached graph that batch_norm(impl="fused") runs for its arithmetic (the
+# kernel and the variance recovery), without the argument checks and the moving-statistics update around it;
+# training only.  Its distance to nd.BatchNorm is the graph's; the rest of "mxbn fused" is mxbn's bookkeeping.
+KERNEL_ONLY = "fused kernel only"
+
+
 def mxbn_ops(inputs):
-    """[(name, op)]: mxbn's batch_norm in both implementations; ``op(is_training)`` runs it on ``inputs``."""
+    """[(name, op)]: mxbn's batch_norm in both implementations, and the fused path's kernel graph alone
+    (KERNEL_ONLY); ``op(is_training)`` runs it on ``inputs``."""
+    from .batch_norm import _batch_norm_train_fused
     a = inputs
 
     def op(impl):
         return lambda is_training: F.batch_norm(a["X"], a["gamma"], a["beta"], is_training, a["moving_mean"],
                                                 a["moving_vari"], impl=impl)
-    return [("mxbn fused", op("fused")), ("mxbn scratch", op("scratch"))]
+
+    def kernel_only(is_training):
+        assert is_training, "the kernel graph is the training arithmetic"
+        return _batch_norm_train_fused(a["X"], a["gamma"], a["beta"], 1e-5, 1)[0]
+    return [("mxbn fused", op("fused")), ("mxbn scratch", op("scratch")), (KERNEL_ONLY, kernel_only)]
 
 
-def time_op(op, dY, repeat):
-    """(train_ms, infer_ms): median ms of ``op(True)`` forward+backward (output gradient dY) and of ``op(False)``."""
+def time_op(op, dY, repeat, infer=True):
+    """(train_ms, infer_ms): median ms of ``op(True)`` forward+backward (output gradient dY) and of ``op(False)``
+    (None when ``infer`` is false)."""
     def train_step():
         with autograd.record():
             Y = op(True)
         Y.backward(dY)
-    return median_ms(train_step, repeat), median_ms(lambda: op(False), repeat)
+    return median_ms(train_step, repeat), (median_ms(lambda: op(False), repeat) if infer else None)
 
 
 # --------------------------------------------------------------------------- #

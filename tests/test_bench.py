@@ -19,10 +19,10 @@ def test_quick_bench_produces_every_row(tmp_path):
     shapes = {r["shape"] for r in result["ops"]}
     assert len(shapes) >= 2
     for shape in shapes:
-        for impl in ("mxbn fused", "mxbn scratch", "nd.BatchNorm"):
+        for impl in ("mxbn fused", "mxbn scratch", "fused kernel only", "nd.BatchNorm"):
             assert (shape, impl) in impls
     for r in result["ops"]:
-        assert r["train_ms"] > 0 and r["infer_ms"] > 0
+        assert r["train_ms"] > 0 and (r["infer_ms"] > 0 if r["impl"] != "fused kernel only" else r["infer_ms"] is None)
     expected = [v for v in MODEL_VARIANTS if v != "torch-eager" or torch_available()]
     assert [m["variant"] for m in result["models"]] == expected
     for m in result["models"]:
@@ -47,6 +47,18 @@ def test_quick_sweep_gives_every_variant_at_every_batch_size(tmp_path):
         assert r["gflops"] == r["images_per_sec"] * result["training_flops_per_image"] * 1e-9
     assert result["training_flops_per_image"] == 7519680   # LeNet's convolutions and dense layers, worked by hand
     assert "GFLOP/s" in out.stdout
+
+
+def test_ops_alone_gives_every_implementation_at_every_shape(tmp_path):
+    out_json = tmp_path / "ops.json"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--ops", "--quick",
+                          "--repeat", "2", "--json", str(out_json)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out_json.read_text())["ops"]
+    assert {(r["shape"], r["impl"]) for r in rows} == {
+        (shape, impl) for shape in ("16x20x24x24", "16x128")
+        for impl in ("mxbn fused", "mxbn scratch", "fused kernel only", "nd.BatchNorm")}
+    assert "x fused)" in out.stdout and "train vs nd" in out.stdout
 
 
 def test_a_bad_sweep_is_a_usage_error():

@@ -11,7 +11,8 @@ import numpy as np
 import mxnet as mx
 
 from mxbn import _runtime
-from mxbn.bench import BLOCK_CHANNELS, MXBN_VARIANTS, OP_SHAPES, bench_pipeline, mxbn_ops, op_inputs, time_op
+from mxbn.bench import (BLOCK_CHANNELS, KERNEL_ONLY, MXBN_VARIANTS, OP_SHAPES, bench_pipeline, mxbn_ops, op_inputs,
+                        time_op)
 
 from bench_peers.mxnet_peers import PEER_VARIANTS, peer_ops
 
@@ -41,9 +42,10 @@ def bench_ops(ctx, repeat, shapes=OP_SHAPES, include_tutorial=True, rounds=OP_RO
             for name, op in ops:
                 # the composed reference is ~40x slower: fewer repeats keep the run short
                 reps = max(3, repeat // 5) if name == "tutorial composed" else repeat
-                times[name].append(time_op(op, inputs["dY"], reps))
+                times[name].append(time_op(op, inputs["dY"], reps, infer=name != KERNEL_ONLY))
         for name, _ in ops:
-            train_ms, infer_ms = (float(np.median([t[i] for t in times[name]])) for i in (0, 1))
+            train_ms = float(np.median([t[0] for t in times[name]]))
+            infer_ms = None if name == KERNEL_ONLY else float(np.median([t[1] for t in times[name]]))
             rows.append(dict(shape="x".join(map(str, shape)), impl=name, train_ms=train_ms, infer_ms=infer_ms,
                              train_ms_all=[t[0] for t in times[name]]))
     return rows
@@ -144,7 +146,8 @@ def format_ops(ops):
     fused = {r["shape"]: r for r in ops if r["impl"] == "mxbn fused"}
     for r in ops:
         ratio = r["train_ms"] / base[r["shape"]]["train_ms"]
-        lines.append(f"{r['shape']:<16}{r['impl']:<20}{r['train_ms']:>18.3f}{r['infer_ms']:>14.3f}{ratio:>12.2f}x"
+        infer = "-" if r["infer_ms"] is None else f"{r['infer_ms']:.3f}"
+        lines.append(f"{r['shape']:<16}{r['impl']:<20}{r['train_ms']:>18.3f}{infer:>14}{ratio:>12.2f}x"
                      + (f"  ({r['train_ms'] / fused[r['shape']]['train_ms']:.2f}x fused)"
                         if r["impl"] == "mxbn scratch" else ""))
     return lines
