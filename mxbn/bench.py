@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from . import functional as F
+from .batch_norm import _batch_norm_train_fused
 from .jit import jit
 from .models import LENET_CONV, LENET_FLAT, LENET_HIDDEN, NUM_CLASSES, lenet, lenet_params
 from .train import SYNC_EVERY
@@ -109,7 +110,6 @@ KERNEL_ONLY = "fused kernel only"
 def mxbn_ops(inputs):
     """[(name, op)]: mxbn's batch_norm in both implementations, and the fused path's kernel graph alone
     (KERNEL_ONLY); ``op(is_training)`` runs it on ``inputs``."""
-    from .batch_norm import _batch_norm_train_fused
     a = inputs
 
     def op(impl):
