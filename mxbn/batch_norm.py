@@ -367,21 +367,26 @@ class _ScratchBatchNorm(Function):
         self.eps = eps
 
     def forward(self, X3, gamma, beta):
-        shape3 = X3.shape
-        ones = _scratch_ones(shape3, X3.context, X3.dtype)
+        shape3, ctx, dtype = X3.shape, X3.context, dtype_name(X3.dtype)
+        pre, C, post = shape3
+        ones = _made_once(("bn_ones", pre, post, ctx, dtype), lambda: (
+            nd.ones((1, pre), ctx=ctx, dtype=dtype), nd.ones((post, 1), ctx=ctx, dtype=dtype)))
+        # every array of both graphs has a shape that follows from X3's (checked), so X3's shape, context and
+        # dtype are their signature
+        self.signature = (ctx, shape3, dtype)
         Y3, xc, mean, vari, invstd, scale = graph_call(
-            ("scratch_forward", self.eps), lambda *a: _scratch_forward(*a, self.eps, shape3), X3, gamma, beta, *ones)
+            ("scratch_forward", self.eps), lambda *a: _scratch_forward(*a, self.eps, shape3), X3, gamma, beta, *ones,
+            signature=self.signature)
         self.save_for_backward(xc, invstd, scale, ones)
-        C = shape3[1]
         self.batch_stats = (mean.reshape((C,)), vari.reshape((C,)))
         return Y3
 
     def backward(self, dY3):
         xc, invstd, scale, ones = self.saved_tensors
-        shape3 = xc.shape
+        shape3 = self.signature[1]
         needs = tuple(self.needs_input_grad)
         grads = graph_call(("scratch_backward", needs), lambda *a: _scratch_backward(*a, needs, shape3),
-                           dY3, xc, invstd, scale, *ones)
+                           dY3, xc, invstd, scale, *ones, signature=self.signature)
         grads = iter(grads)
         return tuple(next(grads) if need else None for need in needs)
 
@@ -418,16 +423,6 @@ def _scratch_backward(dY3, xc, invstd, scale, ones_pre, ones_post, needs, shape3
     return tuple(grads)
 
 
-def _scratch_ones(shape3, ctx, dtype):
-    """The (1, pre) and (post, 1) ones vectors of the scratch path's GEMV sums, made once per kind (the
-    second is unused when post is 1, and then (1, 1))."""
-    pre, _, post = shape3
-    key = (pre, post, ctx, dtype_name(dtype))
-    if key not in _SCRATCH_ONES:
-        _SCRATCH_ONES[key] = (nd.ones((1, pre), ctx=ctx, dtype=dtype), nd.ones((post, 1), ctx=ctx, dtype=dtype))
-    return _SCRATCH_ONES[key]
-
-
 def _batch_norm_train_scratch(X, gamma, beta, eps, ax):
     op = _ScratchBatchNorm(eps)
     Y3 = op(X.reshape(three_d_shape(X.shape, ax)), gamma, beta)
@@ -452,7 +447,10 @@ def _batch_norm_train_fused(X, gamma, beta, eps, ax):
     autograd differentiates as a whole."""
     stat_dtype = dtype_name(gamma.dtype)
     shape, ctx = X.shape, X.context
-    scratch = _scratch_aux(shape[ax], ctx, stat_dtype)
+    C = shape[ax]
+    # Throwaway aux arrays (mean 0, variance 1): the kernel writes them and nothing reads them
+    scratch = _made_once(("bn_aux", C, ctx, stat_dtype), lambda: (
+        nd.zeros((C,), ctx=ctx, dtype=stat_dtype), nd.ones((C,), ctx=ctx, dtype=stat_dtype)))
     # The kernel picks batch vs. moving statistics from autograd's global train flag; pin it so the explicit
     # is_training argument is what counts.
     with autograd.train_mode():
@@ -472,20 +470,19 @@ def variance_from_invstd(invstd, eps, stat_dtype):
 # Arrays and small graphs that every imperative training call needs.  An imperative MXNet op costs ~30 us of
 # Python and engine time however small it is, and batch_norm's bookkeeping around the kernel (throwaway aux
 # arrays, the variance, the moving-statistics rule) was ~25 of them: 5x the kernel's own time on a (128, 128)
-# batch.  The aux arrays are made once per (C, context, dtype), and each piece of arithmetic runs as one
-# CachedOp built from the same function the traced path uses.
-_SCRATCH_AUX = {}
-_SCRATCH_ONES = {}
+# batch.  The constant arrays are made once per kind, and each piece of arithmetic runs as one CachedOp built
+# from the same function the traced path uses.
+_MADE_ONCE = {}
 _GRAPHS = {}
 
 
-def _scratch_aux(C, ctx, dtype):
-    """Throwaway (C,) aux arrays for the fused kernel (mean 0, variance 1), made once per kind; the kernel
-    writes them and nothing reads them."""
-    key = (C, ctx, dtype_name(dtype))
-    if key not in _SCRATCH_AUX:
-        _SCRATCH_AUX[key] = (nd.zeros((C,), ctx=ctx, dtype=dtype), nd.ones((C,), ctx=ctx, dtype=dtype))
-    return _SCRATCH_AUX[key]
+def _made_once(key, make):
+    """``make()``'s arrays, made on the first call with ``key`` (which must name their shapes, context and
+    dtype) and the same arrays on every later one: the fused kernel's throwaway aux arrays, the scratch
+    path's ones vectors."""
+    if key not in _MADE_ONCE:
+        _MADE_ONCE[key] = make()
+    return _MADE_ONCE[key]
 
 
 def graph_call(key, fn, *arrays, signature=None):
