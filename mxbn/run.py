@@ -13,6 +13,7 @@ import io
 import json
 import os
 import signal
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -521,7 +522,16 @@ def _finish(files, history, net, test, trace):
     return metrics
 
 
-def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_nan="stop", log=print):
+def print_line(message):
+    """``message`` and its newline on stdout in one write, flushed: the workers of a job share one stream (the
+    launcher's), and print writes the text and the newline separately when stdout is unbuffered
+    (PYTHONUNBUFFERED=1), so another worker's line could land inside this one.  One write of a line is
+    atomic on a pipe."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def train_cnn(config, out_dir, resume=False, overwrite=False, progress=True, on_nan="stop", log=print_line):
     """Train the LeNet described by ``config``; returns the metrics dict written to metrics.json.
 
     SIGINT/SIGTERM finish the batch in flight, write a resumable checkpoint and

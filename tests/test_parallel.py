@@ -352,3 +352,26 @@ def test_launcher_stops_everything_when_a_worker_fails(tmp_path):
     assert out.returncode == 5, out.stdout + out.stderr
     assert "a worker exited with code 5; stopping the others" in out.stdout
     assert time.monotonic() - t0 < 40   # scheduler and server were stopped, not waited for
+
+
+def test_the_trainer_writes_each_log_line_in_one_write(monkeypatch):
+    # The workers of one job share the launcher's stdout; with PYTHONUNBUFFERED=1 print writes the text and
+    # the newline separately, so another worker's line could land between them (seen: two fingerprint lines
+    # merged into one). One write per line is atomic on a pipe.
+    import inspect
+    from mxbn import run
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+
+        def flush(self):
+            pass
+    recorder = Recorder()
+    monkeypatch.setattr(sys, "stdout", recorder)
+    log = inspect.signature(run.train_cnn).parameters["log"].default
+    log("epoch 1: parameters sha1 0123")
+    assert recorder.writes == ["epoch 1: parameters sha1 0123\n"]
